@@ -1,0 +1,1 @@
+"""Storage layer: SQLAlchemy 2.0 async models, engine, repositories."""

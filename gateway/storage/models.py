@@ -1,0 +1,298 @@
+"""SQLAlchemy 2.0 typed models. Only the storage layer imports these.
+
+Every schema change goes through an Alembic migration in
+``gateway/migrations/versions``; ``tests/test_migrations.py`` checks that the
+models and the migrated schema agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
+
+# Stable constraint names so Alembic migrations are identical on SQLite and
+# PostgreSQL.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no time zone type; storing naive UTC and re-attaching UTC on
+    the way out keeps comparisons and ISO output identical on both backends.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Pile(Base):
+    __tablename__ = "piles"
+
+    pile_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    # Decoded segments of the pile ID (pileid.parse_pile_id), kept as columns
+    # so operators can filter by region, operator or kind in SQL.
+    region_code: Mapped[str] = mapped_column(String(6), index=True)
+    operator_code: Mapped[str] = mapped_column(String(4), index=True)
+    product_code: Mapped[str] = mapped_column(String(2))
+    kind: Mapped[str] = mapped_column(String(2))  # "AC" | "DC"
+    serial: Mapped[str] = mapped_column(String(5))
+
+    protocol: Mapped[str | None] = mapped_column(String(16))  # ocpp1.6 | ocpp2.0.1 | cbp1
+    vendor: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64))
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    first_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_boot: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    online_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    node_id: Mapped[str | None] = mapped_column(String(64))
+    # --- from BootNotification (OCPP) / Login (CBP/1); migration 0002 ---------
+    charge_point_serial: Mapped[str | None] = mapped_column(String(64))
+    charge_box_serial: Mapped[str | None] = mapped_column(String(64))
+    iccid: Mapped[str | None] = mapped_column(String(32))
+    imsi: Mapped[str | None] = mapped_column(String(32))
+    meter_type: Mapped[str | None] = mapped_column(String(64))
+    meter_serial: Mapped[str | None] = mapped_column(String(64))
+    boot_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # AC/DC contradiction between the pile ID and what the charger reports.
+    kind_mismatch: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    kind_mismatch_evidence: Mapped[str | None] = mapped_column(Text)  # JSON list
+    # Security profile 1 (HTTP Basic): PBKDF2 hash, never the password.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+
+
+class PresenceEvent(Base):
+    __tablename__ = "presence_events"
+    __table_args__ = (Index("ix_presence_events_pile_at", "pile_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    online: Mapped[bool] = mapped_column(Boolean)
+    # connected | closed_clean | closed_abnormal | ping_timeout |
+    # heartbeat_timeout | replaced | gateway_shutdown | node_lost
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    connection_id: Mapped[str | None] = mapped_column(String(64))
+    node_id: Mapped[str | None] = mapped_column(String(64))
+
+
+_BIGID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Gun(Base):
+    """Current status of one connector (gun) of a pile."""
+
+    __tablename__ = "guns"
+
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE"), primary_key=True
+    )
+    connector_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0 = the pile
+    gun_id: Mapped[str] = mapped_column(String(23))
+    status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    info: Mapped[str | None] = mapped_column(String(64))
+    vendor_error_code: Mapped[str | None] = mapped_column(String(64))
+    status_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GunStatusEvent(Base):
+    __tablename__ = "gun_status_events"
+    __table_args__ = (Index("ix_gun_status_events_pile_at", "pile_id", "connector_id", "at"),)
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
+    )
+    connector_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    info: Mapped[str | None] = mapped_column(String(64))
+    vendor_id: Mapped[str | None] = mapped_column(String(255))
+    vendor_error_code: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())  # the charger's timestamp
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Token(Base):
+    """An authorization token: card number, VIN or offline password."""
+
+    __tablename__ = "tokens"
+
+    id_tag: Mapped[str] = mapped_column(String(20), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))  # card | vin | password
+    status: Mapped[str] = mapped_column(String(16))  # accepted | blocked | expired
+    expiry: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    parent_id_tag: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+    __table_args__ = (
+        # A retransmitted StartTransaction (same pile, connector, start time,
+        # meter and token) is the same transaction: OCPP-J 1.6 §4.1.1 lets a
+        # charger resend a CALL it got no answer to.
+        UniqueConstraint(
+            "pile_id",
+            "connector_id",
+            "start_at",
+            "meter_start",
+            "id_tag",
+            name="uq_transactions_start",
+        ),
+        UniqueConstraint("pile_id", "external_id", name="uq_transactions_external"),
+        Index("ix_transactions_pile_start", "pile_id", "start_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
+    )
+    connector_id: Mapped[int] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(16))
+    # CBP/1 serial or another charger-made id; unique per pile when present.
+    external_id: Mapped[str | None] = mapped_column(String(64))
+    id_tag: Mapped[str] = mapped_column(String(20))
+    auth_method: Mapped[str] = mapped_column(String(16))  # remote|card|vin|password|unknown
+    offline: Mapped[bool] = mapped_column(Boolean)
+    auth_status: Mapped[str] = mapped_column(String(16))  # idTagInfo status we answered
+    reservation_id: Mapped[int | None] = mapped_column(Integer)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    meter_start: Mapped[int] = mapped_column(BigInteger)
+    stop_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    meter_stop: Mapped[int | None] = mapped_column(BigInteger)
+    energy_wh: Mapped[int | None] = mapped_column(BigInteger)
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    stop_id_tag: Mapped[str | None] = mapped_column(String(20))
+    stop_offline: Mapped[bool | None] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))  # active | completed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MeterValue(Base):
+    """One sampled value. Duplicates (retransmissions) are ignored by the
+    unique key; empty strings stand for absent optional fields because SQL
+    NULLs never collide in a unique index."""
+
+    __tablename__ = "meter_values"
+    __table_args__ = (
+        UniqueConstraint(
+            "pile_id",
+            "connector_id",
+            "transaction_key",
+            "at",
+            "measurand",
+            "phase",
+            "location",
+            "context",
+            name="uq_meter_values_sample",
+        ),
+        Index("ix_meter_values_tx", "transaction_key", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
+    )
+    connector_id: Mapped[int] = mapped_column(Integer)
+    transaction_key: Mapped[int] = mapped_column(BigInteger)  # 0 = outside a transaction
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    measurand: Mapped[str] = mapped_column(String(48))
+    phase: Mapped[str] = mapped_column(String(8))
+    unit: Mapped[str] = mapped_column(String(16))
+    context: Mapped[str] = mapped_column(String(32))
+    location: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(Text)
+    value_num: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OrphanStop(Base):
+    """A StopTransaction for a transaction id the gateway does not know."""
+
+    __tablename__ = "orphan_stops"
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
+    )
+    transaction_id: Mapped[int] = mapped_column(BigInteger)
+    id_tag: Mapped[str | None] = mapped_column(String(20))
+    stop_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    meter_stop: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)  # the raw JSON, for operators
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ChargerMessage(Base):
+    """DataTransfer, FirmwareStatusNotification, DiagnosticsStatusNotification
+    and similar notifications, stored as they came for later issues."""
+
+    __tablename__ = "charger_messages"
+    __table_args__ = (Index("ix_charger_messages_pile_kind", "pile_id", "kind", "id"),)
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(48))  # DataTransfer | FirmwareStatusNotification...
+    vendor_id: Mapped[str | None] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(50))
+    status: Mapped[str | None] = mapped_column(String(48))
+    data: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

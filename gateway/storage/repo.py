@@ -1,0 +1,606 @@
+"""Repository: the only place that turns domain values into rows and back.
+
+The rest of the gateway sees plain frozen dataclasses (``PileRecord``,
+``PresenceRecord``), never ORM objects, so nothing outside this package can
+lazily load or accidentally write through a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from pileid import PileId
+
+from .db import session_factory
+from .models import (
+    ChargerMessage,
+    Gun,
+    MeterValue,
+    OrphanStop,
+    Pile,
+    PresenceEvent,
+    Token,
+    Transaction,
+)
+from .writer import insert_ignore
+
+
+class TokenExists(Exception):
+    pass
+
+
+class PileExists(Exception):
+    def __init__(self, pile_id: str) -> None:
+        super().__init__(f"pile {pile_id} is already registered")
+        self.pile_id = pile_id
+
+
+@dataclass(frozen=True, slots=True)
+class PileRecord:
+    pile_id: str
+    region_code: str
+    operator_code: str
+    product_code: str
+    kind: str
+    serial: str
+    protocol: str | None
+    vendor: str | None
+    model: str | None
+    firmware_version: str | None
+    registered_at: datetime
+    first_seen: datetime | None
+    last_seen: datetime | None
+    last_boot: datetime | None
+    online: bool
+    online_since: datetime | None
+    node_id: str | None
+    charge_point_serial: str | None
+    charge_box_serial: str | None
+    iccid: str | None
+    imsi: str | None
+    meter_type: str | None
+    meter_serial: str | None
+    boot_count: int
+    kind_mismatch: bool
+    kind_mismatch_evidence: str | None
+    has_password: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    id: int
+    pile_id: str
+    at: datetime
+    online: bool
+    reason: str
+    detail: str | None
+    connection_id: str | None
+    node_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id_tag: str
+    type: str
+    status: str
+    expiry: datetime | None
+    parent_id_tag: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRecord:
+    id: int
+    pile_id: str
+    connector_id: int
+    protocol: str
+    external_id: str | None
+    id_tag: str
+    auth_method: str
+    offline: bool
+    auth_status: str
+    reservation_id: int | None
+    start_at: datetime
+    meter_start: int
+    stop_at: datetime | None
+    meter_stop: int | None
+    energy_wh: int | None
+    stop_reason: str | None
+    stop_id_tag: str | None
+    stop_offline: bool | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MeterValueRecord:
+    at: datetime
+    connector_id: int
+    measurand: str
+    phase: str
+    unit: str
+    context: str
+    location: str
+    format: str
+    value: str
+    value_num: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GunRecord:
+    pile_id: str
+    connector_id: int
+    gun_id: str
+    status: str
+    error_code: str | None
+    info: str | None
+    vendor_error_code: str | None
+    status_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanStopRecord:
+    id: int
+    pile_id: str
+    transaction_id: int
+    id_tag: str | None
+    stop_at: datetime
+    meter_stop: int
+    reason: str | None
+    payload: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerMessageRecord:
+    id: int
+    pile_id: str
+    kind: str
+    vendor_id: str | None
+    message_id: str | None
+    status: str | None
+    data: str | None
+    received_at: datetime
+
+
+def _copy(cls: type[Any], row: Any) -> Any:
+    return cls(**{name: getattr(row, name) for name in cls.__slots__})
+
+
+def _pile(row: Pile) -> PileRecord:
+    return PileRecord(
+        pile_id=row.pile_id,
+        region_code=row.region_code,
+        operator_code=row.operator_code,
+        product_code=row.product_code,
+        kind=row.kind,
+        serial=row.serial,
+        protocol=row.protocol,
+        vendor=row.vendor,
+        model=row.model,
+        firmware_version=row.firmware_version,
+        registered_at=row.registered_at,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        last_boot=row.last_boot,
+        online=row.online,
+        online_since=row.online_since,
+        node_id=row.node_id,
+        charge_point_serial=row.charge_point_serial,
+        charge_box_serial=row.charge_box_serial,
+        iccid=row.iccid,
+        imsi=row.imsi,
+        meter_type=row.meter_type,
+        meter_serial=row.meter_serial,
+        boot_count=row.boot_count,
+        kind_mismatch=row.kind_mismatch,
+        kind_mismatch_evidence=row.kind_mismatch_evidence,
+        has_password=row.password_hash is not None,
+    )
+
+
+def _presence(row: PresenceEvent) -> PresenceRecord:
+    return PresenceRecord(
+        id=row.id,
+        pile_id=row.pile_id,
+        at=row.at,
+        online=row.online,
+        reason=row.reason,
+        detail=row.detail,
+        connection_id=row.connection_id,
+        node_id=row.node_id,
+    )
+
+
+def _new_pile_row(pile: PileId, now: datetime) -> Pile:
+    return Pile(
+        pile_id=pile.text,
+        region_code=pile.region_code,
+        operator_code=pile.operator,
+        product_code=pile.product.value,
+        kind=pile.kind.label,
+        serial=pile.serial,
+        registered_at=now,
+        online=False,
+        boot_count=0,
+        kind_mismatch=False,
+    )
+
+
+class Store:
+    """Async repository over one engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self._sessions
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- piles -------------------------------------------------------------
+    async def register_pile(
+        self,
+        pile: PileId,
+        now: datetime,
+        *,
+        vendor: str | None = None,
+        model: str | None = None,
+    ) -> PileRecord:
+        row = _new_pile_row(pile, now)
+        row.vendor = vendor
+        row.model = model
+        async with self._sessions() as s:
+            s.add(row)
+            try:
+                await s.commit()
+            except IntegrityError as exc:
+                raise PileExists(pile.text) from exc
+            return _pile(row)
+
+    async def ensure_pile(self, pile: PileId, now: datetime) -> tuple[PileRecord, bool]:
+        """Return the pile, registering it first if unknown; (record, created)."""
+        existing = await self.get_pile(pile.text)
+        if existing is not None:
+            return existing, False
+        try:
+            return await self.register_pile(pile, now), True
+        except PileExists:
+            # Another connection (or node) registered it in between.
+            again = await self.get_pile(pile.text)
+            assert again is not None
+            return again, False
+
+    async def get_pile(self, pile_id: str) -> PileRecord | None:
+        async with self._sessions() as s:
+            row = await s.get(Pile, pile_id)
+            return _pile(row) if row is not None else None
+
+    async def list_piles(
+        self,
+        *,
+        online: bool | None = None,
+        kind: Literal["AC", "DC"] | None = None,
+        q: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[PileRecord], int]:
+        stmt = select(Pile)
+        if online is not None:
+            stmt = stmt.where(Pile.online.is_(online))
+        if kind is not None:
+            stmt = stmt.where(Pile.kind == kind)
+        if q:
+            like = f"%{q}%"
+            stmt = stmt.where(
+                or_(Pile.pile_id.like(like), Pile.vendor.like(like), Pile.model.like(like))
+            )
+        count_stmt = select(func.count()).select_from(stmt.subquery())
+        async with self._sessions() as s:
+            total = (await s.execute(count_stmt)).scalar_one()
+            rows = await s.scalars(stmt.order_by(Pile.pile_id).limit(limit).offset(offset))
+            return [_pile(r) for r in rows], int(total)
+
+    # --- presence ----------------------------------------------------------
+    async def record_presence(
+        self,
+        pile_id: str,
+        at: datetime,
+        online: bool,
+        reason: str,
+        *,
+        detail: str | None = None,
+        connection_id: str | None = None,
+        node_id: str | None = None,
+    ) -> PresenceRecord:
+        """Append a presence event and set the pile's current presence."""
+        async with self._sessions() as s, s.begin():
+            pile = await s.get(Pile, pile_id, with_for_update=True)
+            if pile is None:
+                raise KeyError(pile_id)
+            event = PresenceEvent(
+                pile_id=pile_id,
+                at=at,
+                online=online,
+                reason=reason,
+                detail=detail,
+                connection_id=connection_id,
+                node_id=node_id,
+            )
+            s.add(event)
+            pile.online = online
+            pile.node_id = node_id if online else None
+            if online:
+                pile.online_since = at
+                pile.first_seen = pile.first_seen or at
+                pile.last_seen = at
+            else:
+                pile.online_since = None
+            await s.flush()
+            return _presence(event)
+
+    async def presence_events(
+        self, pile_id: str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[PresenceRecord]:
+        stmt = select(PresenceEvent).where(PresenceEvent.pile_id == pile_id)
+        if before_id is not None:
+            stmt = stmt.where(PresenceEvent.id < before_id)
+        stmt = stmt.order_by(PresenceEvent.id.desc()).limit(limit)
+        async with self._sessions() as s:
+            return [_presence(r) for r in await s.scalars(stmt)]
+
+    async def set_pile_password_hash(self, pile_id: str, password_hash: str | None) -> bool:
+        async with self._sessions() as s, s.begin():
+            res = await s.execute(
+                update(Pile).where(Pile.pile_id == pile_id).values(password_hash=password_hash)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    async def pile_password_hash(self, pile_id: str) -> str | None:
+        async with self._sessions() as s:
+            return await s.scalar(select(Pile.password_hash).where(Pile.pile_id == pile_id))
+
+    async def guns(self, pile_id: str) -> list[GunRecord]:
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(Gun).where(Gun.pile_id == pile_id).order_by(Gun.connector_id)
+            )
+            return [_copy(GunRecord, r) for r in rows]
+
+    # --- tokens --------------------------------------------------------------
+    async def get_token(self, id_tag: str) -> TokenRecord | None:
+        async with self._sessions() as s:
+            row = await s.get(Token, id_tag)
+            return _copy(TokenRecord, row) if row is not None else None
+
+    async def put_token(
+        self,
+        id_tag: str,
+        type_: str,
+        status: str,
+        now: datetime,
+        *,
+        expiry: datetime | None = None,
+        parent_id_tag: str | None = None,
+    ) -> tuple[TokenRecord, bool]:
+        """Create or replace a token; returns (record, created)."""
+        async with self._sessions() as s, s.begin():
+            row = await s.get(Token, id_tag, with_for_update=True)
+            created = row is None
+            if row is None:
+                row = Token(id_tag=id_tag, created_at=now)
+                s.add(row)
+            row.type = type_
+            row.status = status
+            row.expiry = expiry
+            row.parent_id_tag = parent_id_tag
+            row.updated_at = now
+            await s.flush()
+            return _copy(TokenRecord, row), created
+
+    async def delete_token(self, id_tag: str) -> bool:
+        async with self._sessions() as s, s.begin():
+            row = await s.get(Token, id_tag)
+            if row is None:
+                return False
+            await s.delete(row)
+            return True
+
+    async def list_tokens(self, *, limit: int = 100, offset: int = 0) -> list[TokenRecord]:
+        async with self._sessions() as s:
+            rows = await s.scalars(select(Token).order_by(Token.id_tag).limit(limit).offset(offset))
+            return [_copy(TokenRecord, r) for r in rows]
+
+    # --- transactions ----------------------------------------------------------
+    async def start_transaction(
+        self,
+        *,
+        pile_id: str,
+        connector_id: int,
+        protocol: str,
+        id_tag: str,
+        auth_method: str,
+        offline: bool,
+        auth_status: str,
+        start_at: datetime,
+        meter_start: int,
+        reservation_id: int | None,
+        now: datetime,
+        external_id: str | None = None,
+    ) -> tuple[TransactionRecord, bool]:
+        """Durably allocate a transaction id; a retransmission gets the same one.
+
+        Returns (record, created).
+        """
+        values = {
+            "pile_id": pile_id,
+            "connector_id": connector_id,
+            "protocol": protocol,
+            "external_id": external_id,
+            "id_tag": id_tag,
+            "auth_method": auth_method,
+            "offline": offline,
+            "auth_status": auth_status,
+            "reservation_id": reservation_id,
+            "start_at": start_at,
+            "meter_start": meter_start,
+            "status": "active",
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._sessions() as s, s.begin():
+            res = await s.execute(insert_ignore(s, Transaction, [values]))
+            created = bool(res.rowcount)  # type: ignore[attr-defined]
+            if external_id is not None:
+                key = (Transaction.pile_id == pile_id) & (Transaction.external_id == external_id)
+            else:
+                key = (
+                    (Transaction.pile_id == pile_id)
+                    & (Transaction.connector_id == connector_id)
+                    & (Transaction.start_at == start_at)
+                    & (Transaction.meter_start == meter_start)
+                    & (Transaction.id_tag == id_tag)
+                )
+            row = (await s.scalars(select(Transaction).where(key))).one()
+            return _copy(TransactionRecord, row), created
+
+    async def stop_transaction(
+        self,
+        *,
+        pile_id: str,
+        transaction_id: int,
+        stop_at: datetime,
+        meter_stop: int,
+        reason: str | None,
+        stop_id_tag: str | None,
+        stop_offline: bool,
+        samples: list[dict[str, Any]],
+        now: datetime,
+        raw_payload: str,
+    ) -> TransactionRecord | None:
+        """Complete a transaction with its final samples, in one database
+        transaction. Returns None (and records an orphan stop) when the id is
+        unknown for this pile. Idempotent: a repeated stop changes nothing."""
+        async with self._sessions() as s, s.begin():
+            row = await s.get(Transaction, transaction_id, with_for_update=True)
+            if row is None or row.pile_id != pile_id:
+                s.add(
+                    OrphanStop(
+                        pile_id=pile_id,
+                        transaction_id=transaction_id,
+                        id_tag=stop_id_tag,
+                        stop_at=stop_at,
+                        meter_stop=meter_stop,
+                        reason=reason,
+                        payload=raw_payload,
+                        received_at=now,
+                    )
+                )
+                if samples:
+                    await s.execute(insert_ignore(s, MeterValue, samples))
+                return None
+            if row.status != "completed":
+                row.stop_at = stop_at
+                row.meter_stop = meter_stop
+                row.energy_wh = max(0, meter_stop - row.meter_start)
+                row.stop_reason = reason
+                row.stop_id_tag = stop_id_tag
+                row.stop_offline = stop_offline
+                row.status = "completed"
+                row.updated_at = now
+            if samples:
+                await s.execute(insert_ignore(s, MeterValue, samples))
+            await s.flush()
+            rec: TransactionRecord = _copy(TransactionRecord, row)
+            return rec
+
+    async def get_transaction(self, transaction_id: int) -> TransactionRecord | None:
+        async with self._sessions() as s:
+            row = await s.get(Transaction, transaction_id)
+            return _copy(TransactionRecord, row) if row is not None else None
+
+    async def active_transactions(self, pile_id: str) -> list[TransactionRecord]:
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(Transaction)
+                .where(Transaction.pile_id == pile_id, Transaction.status == "active")
+                .order_by(Transaction.id)
+            )
+            return [_copy(TransactionRecord, r) for r in rows]
+
+    async def active_transaction_of_token(self, id_tag: str) -> TransactionRecord | None:
+        async with self._sessions() as s:
+            row = await s.scalar(
+                select(Transaction)
+                .where(Transaction.id_tag == id_tag, Transaction.status == "active")
+                .order_by(Transaction.id.desc())
+                .limit(1)
+            )
+            return _copy(TransactionRecord, row) if row is not None else None
+
+    async def list_transactions(
+        self,
+        *,
+        pile_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TransactionRecord]:
+        stmt = select(Transaction)
+        if pile_id is not None:
+            stmt = stmt.where(Transaction.pile_id == pile_id)
+        if since is not None:
+            stmt = stmt.where(Transaction.start_at >= since)
+        stmt = stmt.order_by(Transaction.start_at.desc(), Transaction.id.desc())
+        async with self._sessions() as s:
+            rows = await s.scalars(stmt.limit(limit).offset(offset))
+            return [_copy(TransactionRecord, r) for r in rows]
+
+    async def meter_values(self, transaction_id: int) -> list[MeterValueRecord]:
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(MeterValue)
+                .where(MeterValue.transaction_key == transaction_id)
+                .order_by(MeterValue.at, MeterValue.measurand, MeterValue.phase, MeterValue.id)
+            )
+            return [_copy(MeterValueRecord, r) for r in rows]
+
+    async def orphan_stops(self, pile_id: str | None = None) -> list[OrphanStopRecord]:
+        stmt = select(OrphanStop).order_by(OrphanStop.id.desc()).limit(1000)
+        if pile_id is not None:
+            stmt = stmt.where(OrphanStop.pile_id == pile_id)
+        async with self._sessions() as s:
+            return [_copy(OrphanStopRecord, r) for r in await s.scalars(stmt)]
+
+    async def charger_messages(
+        self, pile_id: str, kind: str | None = None, limit: int = 100
+    ) -> list[ChargerMessageRecord]:
+        stmt = select(ChargerMessage).where(ChargerMessage.pile_id == pile_id)
+        if kind is not None:
+            stmt = stmt.where(ChargerMessage.kind == kind)
+        async with self._sessions() as s:
+            rows = await s.scalars(stmt.order_by(ChargerMessage.id.desc()).limit(limit))
+            return [_copy(ChargerMessageRecord, r) for r in rows]
+
+    async def handshake_info(self, pile_id: str) -> tuple[bool, str | None, str | None]:
+        """(registered, password hash, model) in one query, for the handshake."""
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(Pile.password_hash, Pile.model).where(Pile.pile_id == pile_id)
+                )
+            ).first()
+            if row is None:
+                return False, None, None
+            return True, row[0], row[1]

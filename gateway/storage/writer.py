@@ -1,0 +1,322 @@
+"""Write-behind queue: keeps the database off the per-message path.
+
+Handlers enqueue small write operations and reply to the charger at once; one
+flusher task drains the queue in batches, each batch in one database
+transaction, in the order the operations were enqueued (so a pile's
+presence events and gun statuses keep their order). Only what must be
+durable before a reply (a transaction id, a stopped transaction) bypasses it.
+
+The queue is bounded: when it is full ``put`` waits (back-pressure on the
+charger's connection) instead of dropping data. Heartbeat "last seen" times
+are coalesced per pile, so a heartbeat costs no row of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.logging import get_logger
+
+from .models import ChargerMessage, Gun, GunStatusEvent, MeterValue, Pile, PresenceEvent
+
+log = get_logger("pilegate.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceOp:
+    pile_id: str
+    at: datetime
+    online: bool
+    reason: str
+    detail: str | None
+    connection_id: str | None
+    node_id: str | None
+    protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GunStatusOp:
+    pile_id: str
+    connector_id: int
+    gun_id: str
+    status: str
+    error_code: str | None
+    info: str | None
+    vendor_id: str | None
+    vendor_error_code: str | None
+    at: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSampleOp:
+    pile_id: str
+    connector_id: int
+    transaction_key: int
+    at: datetime
+    measurand: str
+    phase: str
+    unit: str
+    context: str
+    location: str
+    format: str
+    value: str
+    value_num: float | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerMessageOp:
+    pile_id: str
+    kind: str
+    vendor_id: str | None
+    message_id: str | None
+    status: str | None
+    data: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PileUpdateOp:
+    """Set columns of a pile row (boot data, kind mismatch...)."""
+
+    pile_id: str
+    values: tuple[tuple[str, Any], ...]
+
+
+WriteOp = PresenceOp | GunStatusOp | MeterSampleOp | ChargerMessageOp | PileUpdateOp
+
+
+def insert_ignore(session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING for the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).values(list(rows)).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model).values(list(rows)).on_conflict_do_nothing()
+
+
+def upsert_gun(session: AsyncSession, row: dict[str, Any]) -> Any:
+    dialect = session.get_bind().dialect.name
+    mod: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql as mod
+    else:
+        from sqlalchemy.dialects import sqlite as mod
+    stmt = mod.insert(Gun).values(row)
+    changing = {k: stmt.excluded[k] for k in row if k not in ("pile_id", "connector_id")}
+    # Statuses may arrive late (replayed after an outage): only a newer status
+    # replaces the current one.
+    return stmt.on_conflict_do_update(
+        index_elements=["pile_id", "connector_id"],
+        set_=changing,
+        where=Gun.status_at <= stmt.excluded.status_at,
+    )
+
+
+# SQLite allows 32766 bound parameters per statement; 13 columns per sample.
+_METER_CHUNK = 1000
+
+
+class WriteBehind:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_items: int = 100_000,
+        batch_max: int = 5_000,
+        flush_interval: float = 0.1,
+        metrics: Any = None,
+    ) -> None:
+        self._sessions = sessions
+        self._queue: deque[WriteOp] = deque()
+        self._last_seen: dict[str, datetime] = {}
+        self._max_items = max_items
+        self._batch_max = batch_max
+        self._interval = flush_interval
+        self._metrics = metrics
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._flushed = asyncio.Condition()
+        self._enqueued = 0  # sequence number of the last enqueued op
+        self._done = 0  # sequence number of the last flushed op
+        self._closed = False
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    # --- producers -----------------------------------------------------------
+    def touch(self, pile_id: str, at: datetime) -> None:
+        """Record "last seen" (coalesced: only the newest time per pile is written)."""
+        prev = self._last_seen.get(pile_id)
+        if prev is None or at > prev:
+            self._last_seen[pile_id] = at
+
+    async def put(self, *ops: WriteOp) -> None:
+        if self._closed:
+            raise RuntimeError("write queue is closed")
+        while len(self._queue) >= self._max_items:
+            self._space.clear()
+            self._wakeup.set()
+            await self._space.wait()
+        self._queue.extend(ops)
+        self._enqueued += len(ops)
+        self._report_depth()
+        if len(self._queue) >= self._batch_max:
+            self._wakeup.set()
+
+    async def barrier(self) -> None:
+        """Wait until everything enqueued before this call is in the database."""
+        target = self._enqueued
+        self._wakeup.set()
+        async with self._flushed:
+            await self._flushed.wait_for(lambda: self._done >= target)
+
+    # --- consumer ------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._interval)
+            self._wakeup.clear()
+            await self.flush()
+            if self._closed and not self._queue and not self._last_seen:
+                return
+
+    async def close(self) -> None:
+        """Stop accepting and flush what is queued (graceful shutdown)."""
+        self._closed = True
+        self._wakeup.set()
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self._queue or self._last_seen:
+            n = min(len(self._queue), self._batch_max)
+            batch = [self._queue[i] for i in range(n)]
+            seen, self._last_seen = self._last_seen, {}
+            started = time.perf_counter()
+            try:
+                await self._write(batch, seen)
+            except Exception:
+                # Keep the data: put "last seen" back and retry the batch on
+                # the next round (the database may be restarting).
+                self.failures += 1
+                for pile_id, at in seen.items():
+                    self.touch(pile_id, at)
+                log.exception("write batch failed; will retry", ops=len(batch))
+                await asyncio.sleep(min(5.0, 0.2 * self.failures))
+                if self._closed and self.failures > 50:
+                    log.error("giving up on queued writes at shutdown", lost=len(self._queue))
+                    return
+                continue
+            self.failures = 0
+            for _ in range(n):
+                self._queue.popleft()
+            if self._metrics is not None:
+                self._metrics.storage_flush_seconds.observe(time.perf_counter() - started)
+            self._report_depth()
+            if len(self._queue) < self._max_items:
+                self._space.set()
+            async with self._flushed:
+                self._done += n
+                self._flushed.notify_all()
+
+    def _report_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.storage_queue_depth.set(len(self._queue))
+
+    async def _write(self, batch: list[WriteOp], seen: dict[str, datetime]) -> None:
+        async with self._sessions() as s, s.begin():
+            meters: list[dict[str, Any]] = []
+
+            async def drain_meters() -> None:
+                for i in range(0, len(meters), _METER_CHUNK):
+                    await s.execute(insert_ignore(s, MeterValue, meters[i : i + _METER_CHUNK]))
+                meters.clear()
+
+            for op in batch:
+                if isinstance(op, MeterSampleOp):
+                    meters.append(_fields(op))
+                    continue
+                if meters:
+                    await drain_meters()
+                if isinstance(op, PresenceOp):
+                    await self._presence(s, op)
+                elif isinstance(op, GunStatusOp):
+                    row = _fields(op)
+                    s.add(GunStatusEvent(**{k: v for k, v in row.items() if k != "gun_id"}))
+                    await s.execute(
+                        upsert_gun(
+                            s,
+                            {
+                                "pile_id": op.pile_id,
+                                "connector_id": op.connector_id,
+                                "gun_id": op.gun_id,
+                                "status": op.status,
+                                "error_code": op.error_code,
+                                "info": op.info,
+                                "vendor_error_code": op.vendor_error_code,
+                                "status_at": op.at,
+                            },
+                        )
+                    )
+                elif isinstance(op, ChargerMessageOp):
+                    s.add(ChargerMessage(**_fields(op)))
+                elif isinstance(op, PileUpdateOp):
+                    await s.execute(
+                        update(Pile).where(Pile.pile_id == op.pile_id).values(dict(op.values))
+                    )
+            if meters:
+                await drain_meters()
+            for pile_id, at in seen.items():
+                await s.execute(
+                    update(Pile)
+                    .where(Pile.pile_id == pile_id)
+                    .where((Pile.last_seen.is_(None)) | (Pile.last_seen < at))
+                    .values(last_seen=at)
+                )
+
+    @staticmethod
+    async def _presence(s: AsyncSession, op: PresenceOp) -> None:
+        s.add(
+            PresenceEvent(
+                pile_id=op.pile_id,
+                at=op.at,
+                online=op.online,
+                reason=op.reason,
+                detail=op.detail,
+                connection_id=op.connection_id,
+                node_id=op.node_id,
+            )
+        )
+        values: dict[str, Any] = {"online": op.online}
+        if op.online:
+            values.update(online_since=op.at, node_id=op.node_id, last_seen=op.at)
+            if op.protocol:
+                values["protocol"] = op.protocol
+            await s.execute(
+                update(Pile)
+                .where(Pile.pile_id == op.pile_id, Pile.first_seen.is_(None))
+                .values(first_seen=op.at)
+            )
+        else:
+            values.update(online_since=None, node_id=None)
+        await s.execute(update(Pile).where(Pile.pile_id == op.pile_id).values(values))
+
+
+def _fields(op: Any) -> dict[str, Any]:
+    return {name: getattr(op, name) for name in op.__slots__}
