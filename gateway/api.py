@@ -21,8 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import pileid
 from pileid import PileIdError
 
+from .api_ops import build_router, evidence, presence_view
+from .commands import CommandService
 from .config import Settings
 from .metrics import Metrics
+from .services import Services
 from .storage.db import ping
 from .storage.repo import PileExists, PileRecord, PresenceRecord, Store
 
@@ -35,6 +38,8 @@ class ApiContext:
     store: Store
     metrics: Metrics
     clock: Any  # () -> aware UTC datetime
+    services: Services
+    commands: CommandService
 
 
 class ApiError(HTTPException):
@@ -67,14 +72,38 @@ class PileOut(BaseModel):
     online: bool
     online_since: datetime | None
     node_id: str | None
+    charge_point_serial: str | None
+    charge_box_serial: str | None
+    iccid: str | None
+    imsi: str | None
+    meter_type: str | None
+    meter_serial: str | None
+    boot_count: int
+    kind_mismatch: bool
+    kind_mismatch_evidence: list[dict[str, Any]] | None
+    has_password: bool
 
     @classmethod
     def of(cls, rec: PileRecord) -> PileOut:
-        return cls(**asdict(rec))
+        d = asdict(rec)
+        d["kind_mismatch_evidence"] = evidence(rec.kind_mismatch_evidence)
+        return cls(**d)
+
+
+class GunOut(BaseModel):
+    connector_id: int
+    gun_id: str
+    status: str
+    error_code: str | None
+    info: str | None
+    vendor_error_code: str | None
+    status_at: datetime
 
 
 class PileDetail(PileOut):
     pile_id_explained: dict[str, Any]
+    guns: list[GunOut]
+    presence: dict[str, Any]
 
 
 class PileList(BaseModel):
@@ -103,7 +132,7 @@ class PresenceOut(BaseModel):
         return cls(**asdict(rec))
 
 
-def _parse_pile_or_400(ctx: ApiContext, text: str) -> pileid.PileId:
+def parse_pile_or_400(ctx: ApiContext, text: str) -> pileid.PileId:
     try:
         return pileid.parse_pile_id(text)
     except PileIdError as exc:
@@ -214,7 +243,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/api/piles", tags=["piles"], dependencies=api, status_code=201)
     async def register_pile(body: PileCreate) -> PileOut:
-        pile = _parse_pile_or_400(ctx, body.pile_id)
+        pile = parse_pile_or_400(ctx, body.pile_id)
         try:
             rec = await ctx.store.register_pile(
                 pile, ctx.clock(), vendor=body.vendor, model=body.model
@@ -224,7 +253,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return PileOut.of(rec)
 
     async def _known_pile(pile_id: str) -> PileRecord:
-        _parse_pile_or_400(ctx, pile_id)
+        parse_pile_or_400(ctx, pile_id)
         rec = await ctx.store.get_pile(pile_id)
         if rec is None:
             raise ApiError(404, "unknown_pile", f"pile {pile_id} is not registered")
@@ -233,7 +262,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/api/piles/{pile_id}", tags=["piles"], dependencies=api)
     async def get_pile(pile_id: str) -> PileDetail:
         rec = await _known_pile(pile_id)
-        return PileDetail(**asdict(rec), pile_id_explained=pileid.explain(pile_id).to_dict())
+        guns = await ctx.store.guns(pile_id)
+        return PileDetail(
+            **PileOut.of(rec).model_dump(),
+            pile_id_explained=pileid.explain(pile_id).to_dict(),
+            guns=[GunOut(**{k: v for k, v in asdict(g).items() if k != "pile_id"}) for g in guns],
+            presence=presence_view(ctx, pile_id),
+        )
 
     @app.get("/api/piles/{pile_id}/events", tags=["piles"], dependencies=api)
     async def pile_events(
@@ -245,4 +280,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
         rows = await ctx.store.presence_events(pile_id, limit=limit, before_id=before_id)
         return [PresenceOut.of(r) for r in rows]
 
+    app.include_router(build_router(ctx, api))
     return app

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
 
+from sessions.presence import DeclareOffline, PresencePolicy, PresenceTracker, SendPing
+
 from .api import ApiContext, create_app
 from .clock import Clock, utcnow
+from .commands import CommandService
 from .config import Settings
 from .logging import get_logger
 from .metrics import Metrics
+from .ocpp.server import OcppServer
+from .registry import Registry
+from .services import BootLimiter, Services
 from .storage import db
 from .storage.repo import Store
+from .storage.writer import WriteBehind
 
 log = get_logger("pilegate.gateway")
 
@@ -41,7 +49,12 @@ class Gateway:
         self.clock = clock
         self.metrics = Metrics()
         self.store: Store | None = None
+        self.services: Services | None = None
+        self.ocpp: OcppServer | None = None
+        self.commands: CommandService | None = None
+        self.writer: WriteBehind | None = None
         self._api: _EmbeddedServer | None = None
+        self._ticker: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
@@ -65,8 +78,37 @@ class Gateway:
             rev = await db.upgrade(engine)
             log.info("database migrated", revision=rev, url=_safe_url(s.database_url))
         self.store = Store(engine)
+        self.writer = WriteBehind(self.store.sessions, metrics=self.metrics)
+        self.spawn(self.writer.run(), "write-behind")
+        policy = PresencePolicy(
+            ping_interval=s.ping_interval,
+            pong_timeout=s.pong_timeout,
+            heartbeat_multiple=s.heartbeat_multiple,
+        )
+        self.services = Services(
+            settings=s,
+            store=self.store,
+            writer=self.writer,
+            metrics=self.metrics,
+            registry=Registry(),
+            tracker=PresenceTracker(policy),
+            clock=self.clock,
+            boot_limiter=BootLimiter(s.boot_rate_limit),
+            spawn=self.spawn,
+        )
+        self.commands = CommandService(self.services)
+        self.ocpp = OcppServer(self.services, on_connect=self.commands.pile_connected)
+        await self.ocpp.start()
+        self._ticker = self.spawn(self._presence_ticker(), "presence-ticker")
         app = create_app(
-            ApiContext(settings=s, store=self.store, metrics=self.metrics, clock=self.clock)
+            ApiContext(
+                settings=s,
+                store=self.store,
+                metrics=self.metrics,
+                clock=self.clock,
+                services=self.services,
+                commands=self.commands,
+            )
         )
         config = uvicorn.Config(
             app,
@@ -92,12 +134,62 @@ class Gateway:
         port: int = self._api.servers[0].sockets[0].getsockname()[1]
         return port
 
+    @property
+    def ocpp_port(self) -> int:
+        assert self.ocpp is not None
+        return self.ocpp.port
+
+    def _tick_period(self) -> float:
+        s = self.settings
+        # Deadlines are noticed up to one period late; keep that small
+        # against the pong timeout (docs/ocpp16.md, "Presence").
+        return max(0.05, min(1.0, s.pong_timeout / 4))
+
+    async def _presence_ticker(self) -> None:
+        assert self.services is not None
+        services = self.services
+        period = self._tick_period()
+        while True:
+            await asyncio.sleep(period)
+            for action in services.tracker.tick(time.monotonic()):
+                conn = services.registry.by_conn_id(action.key)
+                if conn is None:
+                    continue
+                if isinstance(action, SendPing):
+                    conn.send_ping()
+                elif isinstance(action, DeclareOffline):
+                    self.metrics.presence_declared_offline.labels(
+                        reason=action.reason.value
+                    ).inc()
+                    log.warning(
+                        "dead link", pile_id=conn.pile_id, conn_id=conn.conn_id,
+                        reason=action.reason.value, silent_for=round(action.silent_for, 1),
+                        detail=action.detail,
+                    )
+                    conn.set_offline_detail(action.detail)
+                    conn.abort(action.reason.value)
+
     async def stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
         log.info("gateway stopping")
         grace = self.settings.shutdown_grace_seconds
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.ocpp is not None:
+            # Stop accepting, then close every charger with 1001 (going away);
+            # their offline events ("gateway_shutdown") go into the queue.
+            self.ocpp.stop_accepting()
+            try:
+                await asyncio.wait_for(self.ocpp.close_all("gateway_shutdown"), grace)
+            except TimeoutError:
+                log.warning("chargers did not close in time")
+        if self.writer is not None:
+            try:
+                await asyncio.wait_for(self.writer.close(), grace)
+            except TimeoutError:
+                log.error("write queue not flushed in time", left=len(self.writer))
         if self._api is not None:
             self._api.should_exit = True
         if self._tasks:

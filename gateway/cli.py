@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("ids", nargs="+", metavar="ID")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     ex.set_defaults(func=cmd_pileid_explain)
+
+    from simulators.cli import register as register_simulator
+
+    register_simulator(sub)
     return parser
 
 

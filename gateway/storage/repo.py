@@ -604,3 +604,56 @@ class Store:
             if row is None:
                 return False, None, None
             return True, row[0], row[1]
+
+    async def gun_history(
+        self, pile_id: str, connector_id: int, limit: int = 100
+    ) -> list[GunRecord]:
+        from .models import GunStatusEvent
+
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(GunStatusEvent)
+                .where(
+                    GunStatusEvent.pile_id == pile_id, GunStatusEvent.connector_id == connector_id
+                )
+                .order_by(GunStatusEvent.at.desc(), GunStatusEvent.id.desc())
+                .limit(limit)
+            )
+            return [
+                GunRecord(
+                    pile_id=r.pile_id,
+                    connector_id=r.connector_id,
+                    gun_id=f"{r.pile_id}{r.connector_id:03d}",
+                    status=r.status,
+                    error_code=r.error_code,
+                    info=r.info,
+                    vendor_error_code=r.vendor_error_code,
+                    status_at=r.at,
+                )
+                for r in rows
+            ]
+
+    async def presence_between(
+        self, pile_id: str, start: datetime, end: datetime
+    ) -> tuple[PresenceRecord | None, list[PresenceRecord]]:
+        """The last event before ``start`` (the state at ``start``) and the
+        events within [start, end], oldest first."""
+        async with self._sessions() as s:
+            before = await s.scalar(
+                select(PresenceEvent)
+                .where(PresenceEvent.pile_id == pile_id, PresenceEvent.at < start)
+                .order_by(PresenceEvent.at.desc(), PresenceEvent.id.desc())
+                .limit(1)
+            )
+            rows = await s.scalars(
+                select(PresenceEvent)
+                .where(
+                    PresenceEvent.pile_id == pile_id,
+                    PresenceEvent.at >= start,
+                    PresenceEvent.at <= end,
+                )
+                .order_by(PresenceEvent.at, PresenceEvent.id)
+            )
+            return (_presence(before) if before is not None else None), [
+                _presence(r) for r in rows
+            ]

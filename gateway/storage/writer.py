@@ -155,6 +155,7 @@ class WriteBehind:
         self._enqueued = 0  # sequence number of the last enqueued op
         self._done = 0  # sequence number of the last flushed op
         self._closed = False
+        self._flush_lock = asyncio.Lock()
         self.failures = 0
 
     def __len__(self) -> int:
@@ -204,6 +205,12 @@ class WriteBehind:
         await self.flush()
 
     async def flush(self) -> None:
+        # run() and close() may both flush; one batch at a time keeps the
+        # order and pops each operation exactly once.
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while self._queue or self._last_seen:
             n = min(len(self._queue), self._batch_max)
             batch = [self._queue[i] for i in range(n)]

@@ -1,0 +1,1 @@
+"""OCPP-J WebSocket adapter: handshake, connection loop, message handlers."""

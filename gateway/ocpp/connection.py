@@ -1,0 +1,351 @@
+"""One charger's OCPP-J connection: the receive loop and outgoing calls.
+
+Thin by design: bytes go to the sans-I/O codec (``protocol.ocpp``), CALLs to
+the handlers, answers back to the socket. The loop never waits on the
+database except where a reply must be durable (handlers decide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConcurrencyError, ConnectionClosed
+
+from pileid import PileId
+from protocol.ocpp import (
+    Call,
+    CallError,
+    CallResult,
+    ErrorCode,
+    FrameError,
+    OcppError,
+    Validator,
+    decode,
+    encode_call,
+    encode_error,
+    encode_result,
+)
+from sessions.presence import OfflineReason
+
+from ..registry import CommandError, CommandResult
+from ..services import Services
+from ..storage.writer import PresenceOp
+
+log = structlog.get_logger("pilegate.ocpp")
+
+PROTOCOL_NAMES = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+_conn_seq = itertools.count(1)
+
+
+def new_conn_id() -> str:
+    return f"{uuid.uuid4().hex[:8]}-{next(_conn_seq)}"
+
+
+class OcppConnection:
+    """Implements ``gateway.registry.PileConnection`` for OCPP-J."""
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        pile: PileId,
+        version: str,
+        services: Services,
+        *,
+        model: str | None,
+        conn_id: str,
+    ) -> None:
+        self.ws = ws
+        self.pile = pile
+        self.pile_id = pile.text
+        self.kind = pile.kind.label
+        self.version = version
+        self.protocol = PROTOCOL_NAMES[version]
+        self.services = services
+        self.conn_id = conn_id
+        self.model = model
+        self.connected_at: datetime = services.clock()
+        self.validator = Validator(version)  # type: ignore[arg-type]
+        self.lenient = model is not None and model in services.settings.lenient_models
+        self.bad_in_a_row = 0
+        self.offline_reason: str | None = None  # set when the gateway ends the link
+        self.offline_detail: str | None = None
+        self.replaced = False
+        self.soc_flagged = False
+        self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
+        self._call_lock = asyncio.Lock()
+        self._waiting = 0
+        from .handlers import OcppHandlers
+
+        self.handlers = OcppHandlers(self)
+
+    # --- receive loop ----------------------------------------------------------
+    async def run(self) -> None:
+        services = self.services
+        tracker = services.tracker
+        writer = services.writer
+        clock = services.clock
+        conn_id = self.conn_id
+        pile_id = self.pile_id
+        ws = self.ws
+        try:
+            async for raw in ws:
+                tracker.frame_received(conn_id, time.monotonic())
+                writer.touch(pile_id, clock())
+                if self.replaced:
+                    # A replaced connection's late frames must not change the
+                    # state of the pile's new connection.
+                    continue
+                await self._on_frame(raw)
+        except ConnectionClosed:
+            pass
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        try:
+            msg = decode(raw, version=self.version)  # type: ignore[arg-type]
+        except FrameError as exc:
+            await self._bad_frame(exc)
+            return
+        if type(msg) is Call:
+            await self._on_call(msg)
+        elif type(msg) is CallResult or type(msg) is CallError:
+            fut = self._pending.get(msg.unique_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            else:
+                log.warning("answer to no outstanding call", unique_id=msg.unique_id)
+
+    async def _bad_frame(self, exc: FrameError) -> None:
+        self.services.metrics.ocpp_errors_sent.labels(code=exc.error_code.value).inc()
+        log.warning(
+            "malformed frame", code=exc.error_code.value, description=exc.description,
+            details=exc.details,
+        )
+        # Only a broken CALL gets an answer: a CALLERROR to a CALLRESULT or
+        # CALLERROR would never be read (OCPP-J 1.6 §4.2.3).
+        if exc.message_type_id in (None, 2):
+            await self._send(
+                encode_error(
+                    exc.unique_id if exc.unique_id is not None else "-1",
+                    exc.error_code,
+                    exc.description,
+                    exc.details,
+                )
+            )
+        await self._count_bad()
+
+    async def _count_bad(self) -> None:
+        self.bad_in_a_row += 1
+        limit = self.services.settings.ocpp_max_bad_messages
+        if self.bad_in_a_row >= limit:
+            log.warning("too many bad messages in a row; disconnecting", count=self.bad_in_a_row)
+            self.offline_reason = "bad_messages"
+            self.offline_detail = f"{self.bad_in_a_row} bad messages in a row"
+            await self.ws.close(1008, "too many bad messages")
+
+    async def _on_call(self, call: Call) -> None:
+        metrics = self.services.metrics
+        action = call.action
+        metrics.ocpp_in(action)
+        started = time.perf_counter()
+        try:
+            try:
+                self.validator.validate_request(action, call.payload)
+            except OcppError as exc:
+                if not self.lenient or exc.error_code in (
+                    ErrorCode.NotImplemented, ErrorCode.NotSupported,
+                ):
+                    raise
+                log.warning(
+                    "schema violation accepted (lenient model)", action=action,
+                    code=exc.error_code.value, details=exc.details,
+                )
+            handler = self.handlers.table.get(action)
+            if handler is None:
+                raise OcppError(
+                    ErrorCode.NotSupported,
+                    f"{action} is an OCPP {self.version} action pilegate does not accept "
+                    "from a charge point",
+                    {"action": action},
+                )
+            try:
+                reply = await handler(call.payload)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # Only reachable for lenient models: the payload passed no
+                # schema, and the handler could not make sense of it.
+                raise OcppError(
+                    ErrorCode.FormationViolation,
+                    f"{action} payload could not be processed: {exc!r}",
+                    {"action": action},
+                ) from exc
+        except OcppError as exc:
+            metrics.ocpp_errors_sent.labels(code=exc.error_code.value).inc()
+            log.warning(
+                "call refused", action=action, code=exc.error_code.value,
+                description=exc.description, details=exc.details,
+            )
+            await self._send(
+                encode_error(call.unique_id, exc.error_code, exc.description, exc.details)
+            )
+            await self._count_bad()
+            return
+        except Exception:
+            log.exception("handler failed", action=action)
+            metrics.ocpp_errors_sent.labels(code="InternalError").inc()
+            await self._send(
+                encode_error(
+                    call.unique_id, ErrorCode.InternalError, f"{action} could not be handled", {}
+                )
+            )
+            return
+        self.bad_in_a_row = 0
+        await self._send(encode_result(call.unique_id, reply))
+        metrics.handler_seconds(action, time.perf_counter() - started)
+
+    async def _send(self, text: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(text)
+
+    # --- outgoing calls (commands) ----------------------------------------------
+    async def call(self, action: str, payload: dict[str, Any], timeout: float) -> CommandResult:
+        """Send a CALL and wait for the answer; one outstanding call per
+        charger (OCPP-J 1.6 §4.1.1), the others wait in a bounded queue."""
+        try:
+            self.validator.validate_request(action, payload)
+        except OcppError as exc:
+            raise CommandError(
+                400, "invalid_payload", f"{action}: {exc.description}",
+                ocpp_error=exc.error_code.value, details=exc.details,
+            ) from exc
+        if self._waiting >= self.services.settings.command_queue_size:
+            raise CommandError(
+                429, "command_queue_full",
+                f"pile {self.pile_id} already has {self._waiting} commands waiting",
+            )
+        self._waiting += 1
+        try:
+            await self._call_lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await self._call_now(action, payload, timeout)
+        finally:
+            self._call_lock.release()
+
+    async def _call_now(
+        self, action: str, payload: dict[str, Any], timeout: float
+    ) -> CommandResult:
+        if self.ws.state.name != "OPEN" or self.replaced:
+            raise CommandError(409, "pile_offline", f"pile {self.pile_id} is not connected")
+        unique_id = uuid.uuid4().hex
+        fut: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
+        self._pending[unique_id] = fut
+        self.services.metrics.ocpp_out.labels(action=action).inc()
+        try:
+            await self.ws.send(encode_call(unique_id, action, payload))
+            answer = await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            raise CommandError(
+                504, "timeout", f"pile {self.pile_id} did not answer {action} within {timeout:g} s"
+            ) from exc
+        except ConnectionClosed as exc:
+            raise CommandError(
+                409, "pile_offline", f"pile {self.pile_id} disconnected before answering {action}"
+            ) from exc
+        finally:
+            self._pending.pop(unique_id, None)
+        if isinstance(answer, CallError):
+            raise CommandError(
+                502, "charger_error",
+                f"pile {self.pile_id} answered {action} with {answer.error_code}: "
+                f"{answer.error_description}",
+                ocpp_error=answer.error_code, details=answer.error_details,
+            )
+        try:
+            self.validator.validate_response(action, answer.payload)
+        except OcppError as exc:
+            log.warning(
+                "invalid answer to command", action=action, code=exc.error_code.value,
+                details=exc.details,
+            )
+        return CommandResult(action=action, response=answer.payload)
+
+    def fail_pending(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosed(None, None))
+
+    # --- ending the link -------------------------------------------------------------
+    async def close(self, reason: str, code: int = 1000) -> None:
+        if self.offline_reason is None:
+            self.offline_reason = reason
+        await self.ws.close(code, reason.replace("_", " "))
+
+    def set_offline_detail(self, detail: str) -> None:
+        if self.offline_detail is None:
+            self.offline_detail = detail
+
+    def abort(self, reason: str) -> None:
+        """Drop a dead link without the closing handshake (it would only time out)."""
+        if self.offline_reason is None:
+            self.offline_reason = reason
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
+
+    def send_ping(self) -> None:
+        """Ask for a pong; the presence tracker hears about it when it comes.
+
+        Runs in its own short task: on a half-open link the write buffer may
+        be full, and the node's single presence ticker must never wait on one
+        charger's socket.
+        """
+        tracker = self.services.tracker
+        conn_id = self.conn_id
+        ws = self.ws
+        budget = self.services.settings.pong_timeout
+
+        def pong(fut: asyncio.Future[float]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                tracker.pong_received(conn_id, time.monotonic())
+
+        async def ping_once() -> None:
+            try:
+                waiter = await asyncio.wait_for(ws.ping(), timeout=budget)
+            except (ConnectionClosed, TimeoutError, ConcurrencyError):
+                return
+            asyncio.ensure_future(waiter).add_done_callback(pong)
+
+        self.services.spawn(ping_once(), f"ping-{conn_id}")
+
+    def end_reason(self) -> tuple[str, str | None]:
+        """Why the link ended, for the presence event."""
+        if self.offline_reason is not None:
+            return self.offline_reason, self.offline_detail
+        rcvd = self.ws.protocol.close_rcvd
+        if rcvd is not None and rcvd.code in (1000, 1001):
+            return OfflineReason.CLOSED_CLEAN.value, f"charger closed ({rcvd.code})"
+        sent = self.ws.protocol.close_sent
+        code = rcvd.code if rcvd is not None else sent.code if sent is not None else None
+        return OfflineReason.CLOSED_ABNORMAL.value, (
+            f"close code {code}" if code is not None else "connection lost without close"
+        )
+
+    def presence_op(self, online: bool, reason: str, detail: str | None) -> PresenceOp:
+        return PresenceOp(
+            pile_id=self.pile_id,
+            at=self.services.clock(),
+            online=online,
+            reason=reason,
+            detail=detail,
+            connection_id=self.conn_id,
+            node_id=self.services.node_id,
+            protocol=self.protocol,
+        )

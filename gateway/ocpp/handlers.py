@@ -1,0 +1,372 @@
+"""Handlers of the OCPP 1.6 messages a charge point sends (OCPP 1.6 §4).
+
+Payloads arrive schema-validated (camelCase, as on the wire). Each handler
+turns one into protocol-neutral writes and returns the response payload.
+Only StartTransaction and StopTransaction wait for the database before
+answering (the transaction id must be durable; a stopped transaction must
+be on disk before the charger deletes it); everything else goes through
+the write-behind queue.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from protocol.ocpp import ErrorCode, OcppError
+from sessions.charging import (
+    AuthStatus,
+    TokenStatus,
+    TokenType,
+    TokenView,
+    auth_method,
+    authorize,
+    started_offline,
+)
+
+from ..storage.repo import TokenRecord
+from ..storage.writer import ChargerMessageOp, GunStatusOp, MeterSampleOp, PileUpdateOp
+
+if TYPE_CHECKING:
+    from .connection import OcppConnection
+
+log = structlog.get_logger("pilegate.ocpp")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+# Measurands only a DC charger can report: an AC charger does not talk to
+# the car's battery management system (IEC 61851 / ISO 15118 over PWM only).
+DC_ONLY_MEASURANDS = frozenset({"SoC"})
+
+
+def parse_time(text: str) -> datetime:
+    """An OCPP dateTime (RFC 3339). Naive times are taken as UTC, as most
+    firmware that omits the offset means it."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def token_view(rec: TokenRecord | None) -> TokenView | None:
+    if rec is None:
+        return None
+    return TokenView(
+        id_tag=rec.id_tag,
+        type=TokenType(rec.type),
+        status=TokenStatus(rec.status),
+        expiry=rec.expiry,
+        parent_id_tag=rec.parent_id_tag,
+    )
+
+
+def id_tag_info(status: AuthStatus, token: TokenView | None) -> dict[str, Any]:
+    info: dict[str, Any] = {"status": status.value}
+    if token is not None:
+        if token.expiry is not None:
+            info["expiryDate"] = iso(token.expiry)
+        if token.parent_id_tag:
+            info["parentIdTag"] = token.parent_id_tag
+    return info
+
+
+def _float_or_none(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None  # SignedData and vendor formats are kept as text only
+
+
+class OcppHandlers:
+    def __init__(self, conn: OcppConnection) -> None:
+        self.conn = conn
+        self.s = conn.services
+        self.table: dict[str, Handler] = {
+            "BootNotification": self.boot_notification,
+            "Heartbeat": self.heartbeat,
+            "StatusNotification": self.status_notification,
+            "Authorize": self.authorize,
+            "StartTransaction": self.start_transaction,
+            "StopTransaction": self.stop_transaction,
+            "MeterValues": self.meter_values,
+            "DataTransfer": self.data_transfer,
+            "FirmwareStatusNotification": self.firmware_status,
+            "DiagnosticsStatusNotification": self.diagnostics_status,
+        }
+
+    # --- Core profile --------------------------------------------------------------
+    async def boot_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        s = self.s
+        settings = s.settings
+        now = s.clock()
+        if not s.boot_limiter.allow():
+            retry = random.randint(settings.boot_retry_min, settings.boot_retry_max)
+            s.metrics.boots.labels(status="Pending").inc()
+            log.info("boot deferred (rate limit)", retry_in=retry)
+            return {"status": "Pending", "currentTime": iso(now), "interval": retry}
+        model = p["chargePointModel"]
+        self.conn.model = model
+        self.conn.lenient = model in settings.lenient_models
+        values: dict[str, Any] = {
+            "vendor": p["chargePointVendor"],
+            "model": model,
+            "charge_point_serial": p.get("chargePointSerialNumber"),
+            "charge_box_serial": p.get("chargeBoxSerialNumber"),
+            "firmware_version": p.get("firmwareVersion"),
+            "iccid": p.get("iccid"),
+            "imsi": p.get("imsi"),
+            "meter_type": p.get("meterType"),
+            "meter_serial": p.get("meterSerialNumber"),
+            "last_boot": now,
+            "protocol": self.conn.protocol,
+        }
+        status = "Accepted"
+        declared = settings.model_kinds.get(model)
+        if declared is not None and declared != self.conn.kind:
+            evidence = {
+                "source": "model_kinds",
+                "model": model,
+                "reported_kind": declared,
+                "pile_id_kind": self.conn.kind,
+                "at": iso(now),
+            }
+            values.update(kind_mismatch=True, kind_mismatch_evidence=json.dumps([evidence]))
+            s.metrics.kind_mismatches.labels(source="model_kinds").inc()
+            log.warning("kind mismatch", **evidence, policy=settings.kind_policy)
+            if settings.kind_policy == "reject":
+                status = "Rejected"
+        elif declared is not None:
+            values.update(kind_mismatch=False, kind_mismatch_evidence=None)
+        await s.writer.put(PileUpdateOp(self.conn.pile_id, tuple(values.items())))
+        await s.writer.put(PileUpdateOp(self.conn.pile_id, (("boot_count", _BOOT_INC),)))
+        s.tracker.set_heartbeat_interval(self.conn.conn_id, float(settings.heartbeat_interval))
+        s.metrics.boots.labels(status=status).inc()
+        log.info("boot", status=status, vendor=values["vendor"], model=model,
+                 firmware=values["firmware_version"])
+        return {"status": status, "currentTime": iso(now), "interval": settings.heartbeat_interval}
+
+    async def heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
+        # "last seen" was already recorded for this frame by the receive loop.
+        return {"currentTime": iso(self.s.clock())}
+
+    async def status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        connector = int(p["connectorId"])
+        if connector > 999:
+            raise OcppError(
+                ErrorCode.PropertyConstraintViolation,
+                f"connectorId {connector} does not fit a 3-digit gun number",
+                {"field": "connectorId"},
+            )
+        now = self.s.clock()
+        at = parse_time(p["timestamp"]) if p.get("timestamp") else now
+        await self.s.writer.put(
+            GunStatusOp(
+                pile_id=self.conn.pile_id,
+                connector_id=connector,
+                gun_id=f"{self.conn.pile_id}{connector:03d}",
+                status=p["status"],
+                error_code=p.get("errorCode"),
+                info=p.get("info"),
+                vendor_id=p.get("vendorId"),
+                vendor_error_code=p.get("vendorErrorCode"),
+                at=at,
+                received_at=now,
+            )
+        )
+        return {}
+
+    async def _token(self, id_tag: str) -> TokenView | None:
+        return token_view(await self.s.store.get_token(id_tag))
+
+    async def authorize(self, p: dict[str, Any]) -> dict[str, Any]:
+        token = await self._token(p["idTag"])
+        status = authorize(token, self.s.clock())
+        log.info("authorize", id_tag=p["idTag"], status=status.value)
+        return {"idTagInfo": id_tag_info(status, token)}
+
+    async def start_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
+        s = self.s
+        now = s.clock()
+        id_tag = p["idTag"]
+        start_at = parse_time(p["timestamp"])
+        token = await self._token(id_tag)
+        status = authorize(token, now)
+        offline = started_offline(
+            start_at, self.conn.connected_at, timedelta(seconds=s.settings.clock_skew_tolerance)
+        )
+        remote = s.remote_starts.take(self.conn.pile_id, id_tag)
+        if status is AuthStatus.ACCEPTED and not offline:
+            busy = await s.store.active_transaction_of_token(id_tag)
+            if busy is not None and busy.pile_id != self.conn.pile_id:
+                status = AuthStatus.CONCURRENT_TX
+        tx, created = await s.store.start_transaction(
+            pile_id=self.conn.pile_id,
+            connector_id=int(p["connectorId"]),
+            protocol=self.conn.protocol,
+            id_tag=id_tag,
+            auth_method=auth_method(token, remote).value,
+            offline=offline,
+            auth_status=status.value,
+            start_at=start_at,
+            meter_start=int(p["meterStart"]),
+            reservation_id=p.get("reservationId"),
+            now=now,
+        )
+        if not created:
+            # A retransmission: answer with the transaction already stored.
+            status = AuthStatus(tx.auth_status)
+        s.metrics.transactions.labels(event="started" if created else "duplicate").inc()
+        log.info(
+            "transaction started", transaction_id=tx.id, connector=tx.connector_id,
+            id_tag=id_tag, method=tx.auth_method, offline=tx.offline, duplicate=not created,
+        )
+        return {"transactionId": tx.id, "idTagInfo": id_tag_info(status, token)}
+
+    def _samples(
+        self, meter_values: list[dict[str, Any]], connector: int, tx_key: int, now: datetime
+    ) -> list[MeterSampleOp]:
+        out: list[MeterSampleOp] = []
+        pile_id = self.conn.pile_id
+        for mv in meter_values:
+            at = parse_time(mv["timestamp"])
+            for sv in mv["sampledValue"]:
+                value = sv["value"]
+                measurand = sv.get("measurand", "Energy.Active.Import.Register")
+                out.append(
+                    MeterSampleOp(
+                        pile_id=pile_id,
+                        connector_id=connector,
+                        transaction_key=tx_key,
+                        at=at,
+                        measurand=measurand,
+                        phase=sv.get("phase", ""),
+                        unit=sv.get("unit", "Wh" if measurand.startswith("Energy") else ""),
+                        context=sv.get("context", "Sample.Periodic"),
+                        location=sv.get("location", "Outlet"),
+                        format=sv.get("format", "Raw"),
+                        value=value,
+                        value_num=_float_or_none(value),
+                        received_at=now,
+                    )
+                )
+        return out
+
+    async def stop_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
+        s = self.s
+        now = s.clock()
+        tx_id = int(p["transactionId"])
+        stop_at = parse_time(p["timestamp"])
+        id_tag = p.get("idTag")
+        known = await s.store.get_transaction(tx_id)
+        known_here = known is not None and known.pile_id == self.conn.pile_id
+        connector = known.connector_id if known is not None and known_here else 0
+        samples = self._samples(
+            p.get("transactionData") or [], connector, tx_id if known_here else 0, now
+        )
+        rec = await s.store.stop_transaction(
+            pile_id=self.conn.pile_id,
+            transaction_id=tx_id,
+            stop_at=stop_at,
+            meter_stop=int(p["meterStop"]),
+            reason=p.get("reason", "Local"),
+            stop_id_tag=id_tag,
+            stop_offline=started_offline(
+                stop_at, self.conn.connected_at,
+                timedelta(seconds=s.settings.clock_skew_tolerance),
+            ),
+            samples=[_sample_row(x) for x in samples],
+            now=now,
+            raw_payload=json.dumps(p, separators=(",", ":")),
+        )
+        if rec is None:
+            s.metrics.transactions.labels(event="orphan_stop").inc()
+            log.warning("stop for unknown transaction recorded as orphan", transaction_id=tx_id)
+        else:
+            s.metrics.transactions.labels(event="stopped").inc()
+            log.info("transaction stopped", transaction_id=tx_id, energy_wh=rec.energy_wh,
+                     reason=rec.stop_reason)
+        reply: dict[str, Any] = {}
+        if id_tag is not None:
+            token = await self._token(id_tag)
+            reply["idTagInfo"] = id_tag_info(authorize(token, now), token)
+        return reply
+
+    async def meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
+        now = self.s.clock()
+        connector = int(p["connectorId"])
+        tx_key = int(p.get("transactionId") or 0)
+        samples = self._samples(p["meterValue"], connector, tx_key, now)
+        if not self.conn.soc_flagged and self.conn.kind == "AC":
+            dc_only = sorted({x.measurand for x in samples} & DC_ONLY_MEASURANDS)
+            if dc_only:
+                self.conn.soc_flagged = True
+                await self._flag_kind(
+                    {"source": "meter_values", "measurands": dc_only, "connector": connector}
+                )
+        await self.s.writer.put(*samples)
+        return {}
+
+    async def _flag_kind(self, evidence: dict[str, Any]) -> None:
+        s = self.s
+        evidence = {**evidence, "pile_id_kind": self.conn.kind, "at": iso(s.clock())}
+        s.metrics.kind_mismatches.labels(source=evidence["source"]).inc()
+        log.warning("kind mismatch", **evidence)
+        await s.writer.put(
+            PileUpdateOp(
+                self.conn.pile_id,
+                (("kind_mismatch", True), ("kind_mismatch_evidence", json.dumps([evidence]))),
+            )
+        )
+
+    async def data_transfer(self, p: dict[str, Any]) -> dict[str, Any]:
+        vendor = p["vendorId"]
+        data = p.get("data")
+        await self.s.writer.put(
+            ChargerMessageOp(
+                pile_id=self.conn.pile_id,
+                kind="DataTransfer",
+                vendor_id=vendor,
+                message_id=p.get("messageId"),
+                status=None,
+                data=data if isinstance(data, str) or data is None else json.dumps(data),
+                received_at=self.s.clock(),
+            )
+        )
+        if vendor not in self.s.settings.data_transfer_vendors:
+            return {"status": "UnknownVendorId"}
+        return {"status": "Accepted"}
+
+    async def _status_message(self, kind: str, status: str) -> dict[str, Any]:
+        await self.s.writer.put(
+            ChargerMessageOp(
+                pile_id=self.conn.pile_id, kind=kind, vendor_id=None, message_id=None,
+                status=status, data=None, received_at=self.s.clock(),
+            )
+        )
+        return {}
+
+    async def firmware_status(self, p: dict[str, Any]) -> dict[str, Any]:
+        return await self._status_message("FirmwareStatusNotification", p["status"])
+
+    async def diagnostics_status(self, p: dict[str, Any]) -> dict[str, Any]:
+        return await self._status_message("DiagnosticsStatusNotification", p["status"])
+
+
+def _sample_row(op: MeterSampleOp) -> dict[str, Any]:
+    return {name: getattr(op, name) for name in op.__slots__}
+
+
+def _boot_inc() -> Any:
+    from gateway.storage.models import Pile
+
+    return Pile.boot_count + 1
+
+
+_BOOT_INC = _boot_inc()

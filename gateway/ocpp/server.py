@@ -1,0 +1,257 @@
+"""OCPP-J WebSocket listener: the handshake checks and the connection handler.
+
+Before the upgrade (``process_request``), in this order, each refusal
+logged with its reason and counted in ``pilegate_handshake_refusals``:
+
+1. the path is ``{prefix}/{pileId}``, else 404;
+2. the pile ID is valid (pileid rules), else 400 naming the failing rule;
+3. registration policy: ``known`` refuses unregistered piles with 404,
+   ``open`` registers a valid unknown ID at its first connect;
+4. an OCPP subprotocol pilegate speaks is offered, else 400 naming them;
+5. security profile 1: HTTP Basic auth with the pile's password, else 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import weakref
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+import pileid
+from pileid import PileId, PileIdError
+
+from ..services import Services
+from .connection import OcppConnection, new_conn_id
+
+log = structlog.get_logger("pilegate.ocpp")
+
+SUBPROTOCOLS = {"ocpp1.6": "1.6"}
+
+
+def _refuse(
+    services: Services, conn: ServerConnection, status: HTTPStatus, reason: str, text: str,
+    **fields: Any,
+) -> Response:
+    services.metrics.handshake_refusals.labels(reason=reason).inc()
+    log.warning("handshake refused", reason=reason, status=int(status), message=text, **fields)
+    response = conn.respond(status, text + "\n")
+    if status == HTTPStatus.UNAUTHORIZED:
+        response.headers["WWW-Authenticate"] = 'Basic realm="pilegate", charset="UTF-8"'
+    return response
+
+
+def _offered_subprotocols(headers: Headers) -> list[str]:
+    offered: list[str] = []
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        offered.extend(p.strip() for p in value.split(",") if p.strip())
+    return offered
+
+
+def _basic_credentials(headers: Headers) -> tuple[str, str] | None:
+    value = headers.get("Authorization")
+    if not value or not value.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+class OcppServer:
+    def __init__(
+        self,
+        services: Services,
+        on_connect: Callable[[OcppConnection], None] | None = None,
+    ) -> None:
+        self.services = services
+        self._on_connect = on_connect
+        self._server: Server | None = None
+        self._piles: weakref.WeakKeyDictionary[ServerConnection, tuple[PileId, str | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.connections: set[OcppConnection] = set()
+
+    async def start(self) -> None:
+        s = self.services.settings
+        self._server = await serve(
+            self._handler,
+            s.ocpp_host,
+            s.ocpp_port,
+            process_request=self._process_request,
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            max_size=s.ocpp_max_message_size,
+            # Keepalive is the presence tracker's job (one ticker per node,
+            # not one task per connection); compression would cost ~100 KiB
+            # of zlib state per idle charger.
+            ping_interval=None,
+            compression=None,
+            close_timeout=5,
+            logger=logging.getLogger("pilegate.websockets"),
+        )
+        log.info("OCPP listener", host=s.ocpp_host, port=self.port, path=s.ocpp_path_prefix)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = next(iter(self._server.sockets))
+        port: int = sock.getsockname()[1]
+        return port
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=False)
+
+    async def close_all(self, reason: str = "gateway_shutdown") -> None:
+        conns = list(self.connections)
+        await asyncio.gather(
+            *(c.close(reason, 1001) for c in conns), return_exceptions=True
+        )
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+
+    # --- handshake ----------------------------------------------------------------
+    async def _process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None:
+        services = self.services
+        settings = services.settings
+        prefix = settings.ocpp_path_prefix.rstrip("/") + "/"
+        path = unquote(urlsplit(request.path).path)
+        if not path.startswith(prefix) or "/" in path[len(prefix):] or path == prefix:
+            return _refuse(
+                services, conn, HTTPStatus.NOT_FOUND, "bad_path",
+                f"unknown path {path!r}: chargers connect to {prefix}{{pileId}}",
+            )
+        text = path[len(prefix):]
+        try:
+            pile = pileid.parse_pile_id(text)
+        except PileIdError as exc:
+            for problem in exc.problems:
+                services.metrics.pileid_rejections.labels(
+                    rule=problem.rule.value, source="ocpp"
+                ).inc()
+            rule = exc.problems[0].rule.value if exc.problems else "invalid"
+            return _refuse(
+                services, conn, HTTPStatus.BAD_REQUEST, f"invalid_pile_id:{rule}",
+                f"invalid pile ID {text!r}: {exc}", pile_id=text,
+                rules=[p.rule.value for p in exc.problems],
+            )
+        for warning in pile.warnings:
+            log.warning("pile ID warning", pile_id=pile.text, rule=warning.rule.value,
+                        message=warning.message)
+
+        registered, password_hash, model = await services.store.handshake_info(pile.text)
+        if not registered:
+            if settings.registration_policy == "known":
+                return _refuse(
+                    services, conn, HTTPStatus.NOT_FOUND, "unknown_pile",
+                    f"pile {pile.text} is not registered (registration policy: known)",
+                    pile_id=pile.text,
+                )
+            await services.store.ensure_pile(pile, services.clock())
+            log.info("pile registered at first connect", pile_id=pile.text)
+
+        offered = _offered_subprotocols(request.headers)
+        if settings.ocpp_require_subprotocol and not any(p in SUBPROTOCOLS for p in offered):
+            supported = ", ".join(SUBPROTOCOLS)
+            return _refuse(
+                services, conn, HTTPStatus.BAD_REQUEST, "subprotocol",
+                f"no supported OCPP subprotocol offered ({', '.join(offered) or 'none'}); "
+                f"pilegate speaks: {supported}",
+                pile_id=pile.text, offered=offered,
+            )
+
+        if settings.basic_auth_required:
+            creds = _basic_credentials(request.headers)
+            if creds is None:
+                return _refuse(
+                    services, conn, HTTPStatus.UNAUTHORIZED, "auth_missing",
+                    "HTTP Basic credentials required (security profile 1)", pile_id=pile.text,
+                )
+            user, password = creds
+            if (
+                user != pile.text
+                or password_hash is None
+                or not services.verified.verify(pile.text, password, password_hash)
+            ):
+                why = (
+                    "username is not the pile ID" if user != pile.text
+                    else "no password set for this pile" if password_hash is None
+                    else "wrong password"
+                )
+                return _refuse(
+                    services, conn, HTTPStatus.UNAUTHORIZED, "auth_failed",
+                    f"invalid credentials for pile {pile.text}", pile_id=pile.text, why=why,
+                )
+        self._piles[conn] = (pile, model)
+        return None
+
+    # --- connection -----------------------------------------------------------------
+    async def _handler(self, ws: ServerConnection) -> None:
+        pile, model = self._piles.pop(ws)
+        services = self.services
+        version = SUBPROTOCOLS.get(ws.subprotocol or "ocpp1.6", "1.6")
+        conn_id = new_conn_id()
+        structlog.contextvars.bind_contextvars(pile_id=pile.text, conn_id=conn_id)
+        conn = OcppConnection(ws, pile, version, services, model=model, conn_id=conn_id)
+        metrics = services.metrics
+        old = services.registry.attach(conn)
+        self.connections.add(conn)
+        services.tracker.add(
+            conn_id, _mono(), heartbeat_interval=float(services.settings.heartbeat_interval)
+        )
+        if old is not None:
+            # The newest connection wins (a charger that reconnects before
+            # the gateway noticed the old link die). The old one's events
+            # are recorded here, in order, before the new "connected".
+            assert isinstance(old, OcppConnection)
+            old.replaced = True
+            old.offline_reason = "replaced"
+            services.tracker.remove(old.conn_id)
+            await services.writer.put(
+                old.presence_op(False, "replaced", f"replaced by connection {conn_id}")
+            )
+            services.spawn(old.close("replaced", 1000), f"close-replaced-{old.conn_id}")
+            log.info("connection replaced", old_conn_id=old.conn_id)
+        await services.writer.put(
+            conn.presence_op(True, "connected", f"{ws.remote_address} {conn.protocol}")
+        )
+        metrics.connects.labels(protocol=conn.protocol).inc()
+        metrics.connected_piles.labels(protocol=conn.protocol, kind=conn.kind).inc()
+        log.info("connected", protocol=conn.protocol, remote=str(ws.remote_address),
+                 replaced=old is not None)
+        if self._on_connect is not None:
+            self._on_connect(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            services.tracker.remove(conn_id)
+            conn.fail_pending()
+            metrics.connected_piles.labels(protocol=conn.protocol, kind=conn.kind).dec()
+            reason, detail = conn.end_reason()
+            metrics.disconnects.labels(protocol=conn.protocol, reason=reason).inc()
+            if services.registry.detach(conn):
+                await services.writer.put(conn.presence_op(False, reason, detail))
+            log.info("disconnected", reason=reason, detail=detail)
+            structlog.contextvars.unbind_contextvars("pile_id", "conn_id")
+
+
+def _mono() -> float:
+    import time
+
+    return time.monotonic()
