@@ -44,6 +44,7 @@ class ChargePoint:
         self.handlers: dict[str, CallHandler] = {}
         self.received_calls: list[tuple[str, dict[str, Any]]] = []
         self.raw_in: asyncio.Queue[Any] = asyncio.Queue()
+        self._answering: set[asyncio.Task[None]] = set()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -79,7 +80,9 @@ class ChargePoint:
                 if not isinstance(msg, list) or len(msg) < 3:
                     continue
                 if msg[0] == 2:
-                    asyncio.create_task(self._answer(msg))
+                    task = asyncio.create_task(self._answer(msg))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
                 elif msg[0] in (3, 4):
                     fut = self._pending.pop(msg[1], None)
                     if fut is not None and not fut.done():
