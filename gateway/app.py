@@ -84,6 +84,7 @@ class Gateway:
             ping_interval=s.ping_interval,
             pong_timeout=s.pong_timeout,
             heartbeat_multiple=s.heartbeat_multiple,
+            min_silence=s.watchdog_min_silence,
         )
         self.services = Services(
             settings=s,

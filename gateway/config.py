@@ -137,6 +137,12 @@ class Settings(BaseSettings):
         gt=1,
         description="Offline when nothing arrived for this many heartbeat intervals.",
     )
+    watchdog_min_silence: float = Field(
+        15.0,
+        ge=0,
+        description="Floor (s) of the heartbeat watchdog window, for chargers that "
+        "heartbeat faster than asked.",
+    )
     clock_skew_tolerance: float = Field(
         30.0,
         ge=0,

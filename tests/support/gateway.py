@@ -48,3 +48,25 @@ async def flushed(gw: Gateway) -> None:
     """Wait until the write-behind queue has reached the database."""
     assert gw.writer is not None
     await gw.writer.barrier()
+
+
+async def latest_presence(
+    gw: Gateway, pile_id: str, reason: str, timeout: float = 10
+) -> dict[str, Any]:
+    """Wait until the pile's newest presence event has ``reason`` (the
+    gateway records a close after the socket is gone, a moment after the
+    client sees it)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    async with api_client(gw) as api:
+        while True:
+            await flushed(gw)
+            events = (await api.get(f"/api/piles/{pile_id}/events")).json()
+            if events and events[0]["reason"] == reason:
+                event: dict[str, Any] = events[0]
+                return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"newest presence event is {events[:1]}, not {reason!r}")
+            await asyncio.sleep(0.05)
