@@ -286,7 +286,7 @@ async def test_too_many_bad_messages_in_a_row_disconnect(database_url: str) -> N
         for i in range(2):
             await cp.send_raw(f'[2, "b{i}", "Nope", {{}}]')
         assert (await cp.call("Heartbeat", {}))["currentTime"]  # resets the count
-        for i in range(3):
+        for _ in range(3):
             await cp.send_raw("not json")
         await cp.wait_closed()
         assert cp.ws.close_code == 1008
@@ -395,7 +395,8 @@ async def test_shutdown_closes_chargers_with_1001_and_records_it(database_url: s
     await cp.wait_closed()
     assert cp.ws.close_code == 1001
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz")
+        async with httpx.AsyncClient() as c:
+            await c.get(f"http://127.0.0.1:{port}/healthz")
     async with running_gateway(database_url) as gw2, api_client(gw2) as api:
         events = (await api.get(f"/api/piles/{AC}/events")).json()
         pile = (await api.get(f"/api/piles/{AC}")).json()
