@@ -162,7 +162,14 @@ def build_router(ctx: ApiContext, dependencies: list[Any]) -> APIRouter:
         tx = await tx_or_404(transaction_id)
         rows = await store.meter_values(transaction_id)
         columns = [
-            "at", "connector_id", "measurand", "phase", "unit", "context", "location", "format",
+            "at",
+            "connector_id",
+            "measurand",
+            "phase",
+            "unit",
+            "context",
+            "location",
+            "format",
             "value",
         ]
         if format == "csv":
@@ -174,16 +181,17 @@ def build_router(ctx: ApiContext, dependencies: list[Any]) -> APIRouter:
             return Response(
                 buf.getvalue(),
                 media_type="text/csv; charset=utf-8",
-                headers={
-                    "Content-Disposition": f'attachment; filename="transaction-{tx.id}.csv"'
-                },
+                headers={"Content-Disposition": f'attachment; filename="transaction-{tx.id}.csv"'},
             )
         return JSONResponse(
             {
                 "transaction": _tx_dict(tx),
                 "samples": [
-                    {**{c: getattr(m, c) for c in columns[1:]}, "at": m.at.isoformat(),
-                     "value_num": m.value_num}
+                    {
+                        **{c: getattr(m, c) for c in columns[1:]},
+                        "at": m.at.isoformat(),
+                        "value_num": m.value_num,
+                    }
                     for m in rows
                 ],
             }
@@ -205,8 +213,12 @@ def build_router(ctx: ApiContext, dependencies: list[Any]) -> APIRouter:
         if expiry is not None and expiry.tzinfo is None:
             raise ApiError(400, "invalid_token", "expiry needs a time zone offset")
         rec, created = await store.put_token(
-            id_tag, body.type.value, body.status.value, ctx.clock(),
-            expiry=expiry, parent_id_tag=body.parent_id_tag,
+            id_tag,
+            body.type.value,
+            body.status.value,
+            ctx.clock(),
+            expiry=expiry,
+            parent_id_tag=body.parent_id_tag,
         )
         return JSONResponse(_tx_dict(rec), status_code=201 if created else 200)
 

@@ -159,12 +159,13 @@ class Gateway:
                 if isinstance(action, SendPing):
                     conn.send_ping()
                 elif isinstance(action, DeclareOffline):
-                    self.metrics.presence_declared_offline.labels(
-                        reason=action.reason.value
-                    ).inc()
+                    self.metrics.presence_declared_offline.labels(reason=action.reason.value).inc()
                     log.warning(
-                        "dead link", pile_id=conn.pile_id, conn_id=conn.conn_id,
-                        reason=action.reason.value, silent_for=round(action.silent_for, 1),
+                        "dead link",
+                        pile_id=conn.pile_id,
+                        conn_id=conn.conn_id,
+                        reason=action.reason.value,
+                        silent_for=round(action.silent_for, 1),
                         detail=action.detail,
                     )
                     conn.set_offline_detail(action.detail)

@@ -31,12 +31,18 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(
-                flag, dest=f"setting_{name}", action=argparse.BooleanOptionalAction,
-                default=None, help=argparse.SUPPRESS,
+                flag,
+                dest=f"setting_{name}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=argparse.SUPPRESS,
             )
         else:
             parser.add_argument(
-                flag, dest=f"setting_{name}", default=None, metavar="VALUE",
+                flag,
+                dest=f"setting_{name}",
+                default=None,
+                metavar="VALUE",
                 help=argparse.SUPPRESS,
             )
 
@@ -125,9 +131,7 @@ def cmd_pileid_explain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pilegate", description="pilegate charge point gateway"
-    )
+    parser = argparse.ArgumentParser(prog="pilegate", description="pilegate charge point gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(

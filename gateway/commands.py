@@ -80,7 +80,8 @@ class CommandService:
     def check_action(self, action: str) -> None:
         if action not in OCPP16_COMMANDS:
             raise CommandError(
-                404, "unknown_command",
+                404,
+                "unknown_command",
                 f"unknown command {action!r}; available: {', '.join(sorted(OCPP16_COMMANDS))}",
             )
 
@@ -99,7 +100,8 @@ class CommandService:
         if conn is None:
             if queue_ttl is None:
                 raise CommandError(
-                    409, "pile_offline",
+                    409,
+                    "pile_offline",
                     f"pile {pile_id} is offline; pass queue_ttl to send the command "
                     "when it reconnects",
                 )
@@ -112,8 +114,12 @@ class CommandService:
         result = await conn.call(action, payload, timeout)
         if action == "RemoteStartTransaction" and result.response.get("status") == "Accepted":
             self.services.remote_starts.remember(conn.pile_id, str(payload.get("idTag")))
-        log.info("command answered", pile_id=conn.pile_id, action=action,
-                 status=result.response.get("status"))
+        log.info(
+            "command answered",
+            pile_id=conn.pile_id,
+            action=action,
+            status=result.response.get("status"),
+        )
         return result
 
     def _enqueue(
@@ -127,8 +133,11 @@ class CommandService:
             Validator("1.6").validate_request(action, payload)
         except OcppError as exc:
             raise CommandError(
-                400, "invalid_payload", f"{action}: {exc.description}",
-                ocpp_error=exc.error_code.value, details=exc.details,
+                400,
+                "invalid_payload",
+                f"{action}: {exc.description}",
+                ocpp_error=exc.error_code.value,
+                details=exc.details,
             ) from exc
         cmd = QueuedCommand(
             id=next(_ids),
@@ -146,8 +155,13 @@ class CommandService:
             )
         q.append(cmd)
         self._remember(cmd)
-        log.info("command queued for offline pile", pile_id=pile_id, action=action, ttl=ttl,
-                 command_id=cmd.id)
+        log.info(
+            "command queued for offline pile",
+            pile_id=pile_id,
+            action=action,
+            ttl=ttl,
+            command_id=cmd.id,
+        )
         return cmd
 
     def _remember(self, cmd: QueuedCommand) -> None:

@@ -118,7 +118,12 @@ class Settings(BaseSettings):
     )
     model_kinds: dict[str, Literal["AC", "DC"]] = Field(
         default_factory=dict,
-        description="Known charger models and their kind, e.g. {\"XD32E\": \"AC\"}.",
+        description='Known charger models and their kind, e.g. {"XD32E": "AC"}.',
+    )
+    kind_config_keys: dict[str, dict[str, Literal["AC", "DC"]]] = Field(
+        default_factory=dict,
+        description="Configuration keys read with GetConfiguration after boot whose values "
+        'reveal the kind, e.g. {"ConnectorType": {"GBT-DC": "DC", "GBT-AC": "AC"}}.',
     )
     boot_rate_limit: float = Field(
         200.0,
@@ -263,8 +268,12 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, list | dict):
             default = json.dumps(default)
-        shown = "(none)" if default is None else str(default).lower() if isinstance(
-            default, bool
-        ) else str(default)
+        shown = (
+            "(none)"
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
         rows.append((name, f"{ENV_PREFIX}{name.upper()}", shown, field.description or ""))
     return rows

@@ -34,7 +34,8 @@ class Metrics:
             registry=r,
         )
         self.db_ready = Gauge(
-            "pilegate_database_ready", "1 when the last readiness check reached the database",
+            "pilegate_database_ready",
+            "1 when the last readiness check reached the database",
             registry=r,
         )
         self.storage_queue_depth = Gauge(
@@ -53,22 +54,30 @@ class Metrics:
             registry=r,
         )
         self.connects = Counter(
-            "pilegate_connects", "Charger connections accepted, by protocol", ["protocol"],
+            "pilegate_connects",
+            "Charger connections accepted, by protocol",
+            ["protocol"],
             registry=r,
         )
         self.disconnects = Counter(
-            "pilegate_disconnects", "Charger disconnections by reason", ["protocol", "reason"],
+            "pilegate_disconnects",
+            "Charger disconnections by reason",
+            ["protocol", "reason"],
             registry=r,
         )
         self._messages_in = Counter(
-            "pilegate_messages_in", "Messages received from chargers, by action", ["action"],
+            "pilegate_messages_in",
+            "Messages received from chargers, by action",
+            ["action"],
             registry=r,
         )
         self.ocpp_out = Counter(
             "pilegate_messages_out", "Calls sent to chargers, by action", ["action"], registry=r
         )
         self.ocpp_errors_sent = Counter(
-            "pilegate_callerrors_sent", "CALLERRORs sent to chargers, by error code", ["code"],
+            "pilegate_callerrors_sent",
+            "CALLERRORs sent to chargers, by error code",
+            ["code"],
             registry=r,
         )
         self._handler_seconds = Histogram(
@@ -82,14 +91,18 @@ class Metrics:
             "pilegate_boots", "BootNotifications by answered status", ["status"], registry=r
         )
         self.kind_mismatches = Counter(
-            "pilegate_kind_mismatches", "AC/DC contradictions found, by evidence", ["source"],
+            "pilegate_kind_mismatches",
+            "AC/DC contradictions found, by evidence",
+            ["source"],
             registry=r,
         )
         self.transactions = Counter(
             "pilegate_transactions", "Transaction events", ["event"], registry=r
         )
         self.presence_declared_offline = Counter(
-            "pilegate_dead_links", "Links declared dead by the presence watchdog", ["reason"],
+            "pilegate_dead_links",
+            "Links declared dead by the presence watchdog",
+            ["reason"],
             registry=r,
         )
         # labels() costs a lock and a dict lookup; the per-message path keeps

@@ -401,3 +401,33 @@ async def test_shutdown_closes_chargers_with_1001_and_records_it(database_url: s
         events = (await api.get(f"/api/piles/{AC}/events")).json()
         pile = (await api.get(f"/api/piles/{AC}")).json()
     assert events[0]["reason"] == "gateway_shutdown" and pile["online"] is False
+
+
+async def test_kind_probe_through_get_configuration(database_url: str) -> None:
+    async with running_gateway(
+        database_url, kind_config_keys={"ConnectorType": {"GBT-DC": "DC", "GBT-AC": "AC"}}
+    ) as gw:
+        cp = await ChargePoint.connect(gw.ocpp_port, AC)
+        answered = asyncio.Event()
+
+        def config(p: dict[str, Any]) -> dict[str, Any]:
+            answered.set()
+            return {
+                "configurationKey": [{"key": "ConnectorType", "readonly": True, "value": "GBT-DC"}]
+            }
+
+        cp.handlers["GetConfiguration"] = config
+        await cp.boot()
+        await asyncio.wait_for(answered.wait(), 10)
+        assert cp.received_calls == [("GetConfiguration", {"key": ["ConnectorType"]})]
+        async with api_client(gw) as api:
+            deadline = time.monotonic() + 10
+            while True:
+                await flushed(gw)
+                pile = (await api.get(f"/api/piles/{AC}")).json()
+                if pile["kind_mismatch"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+        assert pile["kind_mismatch"] is True
+        assert pile["kind_mismatch_evidence"][0]["source"] == "get_configuration"
+        await cp.close()

@@ -45,6 +45,19 @@ PROTOCOL_NAMES = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 _conn_seq = itertools.count(1)
 
 
+_VALIDATORS: dict[str, Validator] = {}
+
+
+def shared_validator(version: str) -> Validator:
+    """One validator per version for the whole process (compiled schemas are
+    shared anyway; this also shares its per-action lookup tables)."""
+    v = _VALIDATORS.get(version)
+    if v is None:
+        v = _VALIDATORS[version] = Validator(version)  # type: ignore[arg-type]
+        v.preload()
+    return v
+
+
 def new_conn_id() -> str:
     return f"{uuid.uuid4().hex[:8]}-{next(_conn_seq)}"
 
@@ -72,7 +85,7 @@ class OcppConnection:
         self.conn_id = conn_id
         self.model = model
         self.connected_at: datetime = services.clock()
-        self.validator = Validator(version)  # type: ignore[arg-type]
+        self.validator = shared_validator(version)
         self.lenient = model is not None and model in services.settings.lenient_models
         self.bad_in_a_row = 0
         self.offline_reason: str | None = None  # set when the gateway ends the link
@@ -125,7 +138,9 @@ class OcppConnection:
     async def _bad_frame(self, exc: FrameError) -> None:
         self.services.metrics.ocpp_errors_sent.labels(code=exc.error_code.value).inc()
         log.warning(
-            "malformed frame", code=exc.error_code.value, description=exc.description,
+            "malformed frame",
+            code=exc.error_code.value,
+            description=exc.description,
             details=exc.details,
         )
         # Only a broken CALL gets an answer: a CALLERROR to a CALLRESULT or
@@ -160,14 +175,17 @@ class OcppConnection:
                 self.validator.validate_request(action, call.payload)
             except OcppError as exc:
                 if not self.lenient or exc.error_code in (
-                    ErrorCode.NotImplemented, ErrorCode.NotSupported,
+                    ErrorCode.NotImplemented,
+                    ErrorCode.NotSupported,
                 ):
                     raise
                 log.warning(
-                    "schema violation accepted (lenient model)", action=action,
-                    code=exc.error_code.value, details=exc.details,
+                    "schema violation accepted (lenient model)",
+                    action=action,
+                    code=exc.error_code.value,
+                    details=exc.details,
                 )
-            handler = self.handlers.table.get(action)
+            handler = self.handlers.get(action)
             if handler is None:
                 raise OcppError(
                     ErrorCode.NotSupported,
@@ -188,8 +206,11 @@ class OcppConnection:
         except OcppError as exc:
             metrics.ocpp_errors_sent.labels(code=exc.error_code.value).inc()
             log.warning(
-                "call refused", action=action, code=exc.error_code.value,
-                description=exc.description, details=exc.details,
+                "call refused",
+                action=action,
+                code=exc.error_code.value,
+                description=exc.description,
+                details=exc.details,
             )
             await self._send(
                 encode_error(call.unique_id, exc.error_code, exc.description, exc.details)
@@ -221,12 +242,16 @@ class OcppConnection:
             self.validator.validate_request(action, payload)
         except OcppError as exc:
             raise CommandError(
-                400, "invalid_payload", f"{action}: {exc.description}",
-                ocpp_error=exc.error_code.value, details=exc.details,
+                400,
+                "invalid_payload",
+                f"{action}: {exc.description}",
+                ocpp_error=exc.error_code.value,
+                details=exc.details,
             ) from exc
         if self._waiting >= self.services.settings.command_queue_size:
             raise CommandError(
-                429, "command_queue_full",
+                429,
+                "command_queue_full",
                 f"pile {self.pile_id} already has {self._waiting} commands waiting",
             )
         self._waiting += 1
@@ -263,16 +288,20 @@ class OcppConnection:
             self._pending.pop(unique_id, None)
         if isinstance(answer, CallError):
             raise CommandError(
-                502, "charger_error",
+                502,
+                "charger_error",
                 f"pile {self.pile_id} answered {action} with {answer.error_code}: "
                 f"{answer.error_description}",
-                ocpp_error=answer.error_code, details=answer.error_details,
+                ocpp_error=answer.error_code,
+                details=answer.error_details,
             )
         try:
             self.validator.validate_response(action, answer.payload)
         except OcppError as exc:
             log.warning(
-                "invalid answer to command", action=action, code=exc.error_code.value,
+                "invalid answer to command",
+                action=action,
+                code=exc.error_code.value,
                 details=exc.details,
             )
         return CommandResult(action=action, response=answer.payload)

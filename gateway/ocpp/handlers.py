@@ -85,21 +85,21 @@ def _float_or_none(value: str) -> float | None:
 
 
 class OcppHandlers:
+    """The handlers of one connection. Slotted, with the dispatch table at
+    class level: 10,000 idle chargers should cost little memory."""
+
+    __slots__ = ("conn", "s")
+
     def __init__(self, conn: OcppConnection) -> None:
         self.conn = conn
         self.s = conn.services
-        self.table: dict[str, Handler] = {
-            "BootNotification": self.boot_notification,
-            "Heartbeat": self.heartbeat,
-            "StatusNotification": self.status_notification,
-            "Authorize": self.authorize,
-            "StartTransaction": self.start_transaction,
-            "StopTransaction": self.stop_transaction,
-            "MeterValues": self.meter_values,
-            "DataTransfer": self.data_transfer,
-            "FirmwareStatusNotification": self.firmware_status,
-            "DiagnosticsStatusNotification": self.diagnostics_status,
-        }
+
+    def get(self, action: str) -> Handler | None:
+        fn = HANDLERS.get(action)
+        if fn is None:
+            return None
+        bound: Handler = fn.__get__(self)
+        return bound
 
     # --- Core profile --------------------------------------------------------------
     async def boot_notification(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +146,18 @@ class OcppHandlers:
             values.update(kind_mismatch=False, kind_mismatch_evidence=None)
         await s.writer.put(PileUpdateOp(self.conn.pile_id, tuple(values.items())))
         await s.writer.put(PileUpdateOp(self.conn.pile_id, (("boot_count", _BOOT_INC),)))
-        s.tracker.set_heartbeat_interval(self.conn.conn_id, float(settings.heartbeat_interval))
+        if self.conn.conn_id in s.tracker:
+            s.tracker.set_heartbeat_interval(self.conn.conn_id, float(settings.heartbeat_interval))
+        if status == "Accepted" and settings.kind_config_keys:
+            s.spawn(self._probe_kind(), f"kind-probe-{self.conn.conn_id}")
         s.metrics.boots.labels(status=status).inc()
-        log.info("boot", status=status, vendor=values["vendor"], model=model,
-                 firmware=values["firmware_version"])
+        log.info(
+            "boot",
+            status=status,
+            vendor=values["vendor"],
+            model=model,
+            firmware=values["firmware_version"],
+        )
         return {"status": status, "currentTime": iso(now), "interval": settings.heartbeat_interval}
 
     async def heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -224,8 +232,13 @@ class OcppHandlers:
             status = AuthStatus(tx.auth_status)
         s.metrics.transactions.labels(event="started" if created else "duplicate").inc()
         log.info(
-            "transaction started", transaction_id=tx.id, connector=tx.connector_id,
-            id_tag=id_tag, method=tx.auth_method, offline=tx.offline, duplicate=not created,
+            "transaction started",
+            transaction_id=tx.id,
+            connector=tx.connector_id,
+            id_tag=id_tag,
+            method=tx.auth_method,
+            offline=tx.offline,
+            duplicate=not created,
         )
         return {"transactionId": tx.id, "idTagInfo": id_tag_info(status, token)}
 
@@ -278,7 +291,8 @@ class OcppHandlers:
             reason=p.get("reason", "Local"),
             stop_id_tag=id_tag,
             stop_offline=started_offline(
-                stop_at, self.conn.connected_at,
+                stop_at,
+                self.conn.connected_at,
                 timedelta(seconds=s.settings.clock_skew_tolerance),
             ),
             samples=[_sample_row(x) for x in samples],
@@ -290,8 +304,12 @@ class OcppHandlers:
             log.warning("stop for unknown transaction recorded as orphan", transaction_id=tx_id)
         else:
             s.metrics.transactions.labels(event="stopped").inc()
-            log.info("transaction stopped", transaction_id=tx_id, energy_wh=rec.energy_wh,
-                     reason=rec.stop_reason)
+            log.info(
+                "transaction stopped",
+                transaction_id=tx_id,
+                energy_wh=rec.energy_wh,
+                reason=rec.stop_reason,
+            )
         reply: dict[str, Any] = {}
         if id_tag is not None:
             token = await self._token(id_tag)
@@ -312,6 +330,33 @@ class OcppHandlers:
                 )
         await self.s.writer.put(*samples)
         return {}
+
+    async def _probe_kind(self) -> None:
+        """Read the configured keys (GetConfiguration) whose values reveal AC
+        or DC, and flag a contradiction with the pile ID's kind."""
+        from ..registry import CommandError
+
+        table = self.s.settings.kind_config_keys
+        try:
+            result = await self.conn.call(
+                "GetConfiguration", {"key": sorted(table)}, self.s.settings.command_timeout
+            )
+        except CommandError as exc:
+            log.info("kind probe not answered", error=str(exc))
+            return
+        for entry in result.response.get("configurationKey") or []:
+            key, value = entry.get("key"), entry.get("value")
+            reported = table.get(key, {}).get(value) if isinstance(value, str) else None
+            if reported is not None and reported != self.conn.kind:
+                await self._flag_kind(
+                    {
+                        "source": "get_configuration",
+                        "key": key,
+                        "value": value,
+                        "reported_kind": reported,
+                    }
+                )
+                return
 
     async def _flag_kind(self, evidence: dict[str, Any]) -> None:
         s = self.s
@@ -346,8 +391,13 @@ class OcppHandlers:
     async def _status_message(self, kind: str, status: str) -> dict[str, Any]:
         await self.s.writer.put(
             ChargerMessageOp(
-                pile_id=self.conn.pile_id, kind=kind, vendor_id=None, message_id=None,
-                status=status, data=None, received_at=self.s.clock(),
+                pile_id=self.conn.pile_id,
+                kind=kind,
+                vendor_id=None,
+                message_id=None,
+                status=status,
+                data=None,
+                received_at=self.s.clock(),
             )
         )
         return {}
@@ -357,6 +407,20 @@ class OcppHandlers:
 
     async def diagnostics_status(self, p: dict[str, Any]) -> dict[str, Any]:
         return await self._status_message("DiagnosticsStatusNotification", p["status"])
+
+
+HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "BootNotification": OcppHandlers.boot_notification,
+    "Heartbeat": OcppHandlers.heartbeat,
+    "StatusNotification": OcppHandlers.status_notification,
+    "Authorize": OcppHandlers.authorize,
+    "StartTransaction": OcppHandlers.start_transaction,
+    "StopTransaction": OcppHandlers.stop_transaction,
+    "MeterValues": OcppHandlers.meter_values,
+    "DataTransfer": OcppHandlers.data_transfer,
+    "FirmwareStatusNotification": OcppHandlers.firmware_status,
+    "DiagnosticsStatusNotification": OcppHandlers.diagnostics_status,
+}
 
 
 def _sample_row(op: MeterSampleOp) -> dict[str, Any]:

@@ -40,7 +40,11 @@ SUBPROTOCOLS = {"ocpp1.6": "1.6"}
 
 
 def _refuse(
-    services: Services, conn: ServerConnection, status: HTTPStatus, reason: str, text: str,
+    services: Services,
+    conn: ServerConnection,
+    status: HTTPStatus,
+    reason: str,
+    text: str,
     **fields: Any,
 ) -> Response:
     services.metrics.handshake_refusals.labels(reason=reason).inc()
@@ -116,27 +120,26 @@ class OcppServer:
 
     async def close_all(self, reason: str = "gateway_shutdown") -> None:
         conns = list(self.connections)
-        await asyncio.gather(
-            *(c.close(reason, 1001) for c in conns), return_exceptions=True
-        )
+        await asyncio.gather(*(c.close(reason, 1001) for c in conns), return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
 
     # --- handshake ----------------------------------------------------------------
-    async def _process_request(
-        self, conn: ServerConnection, request: Request
-    ) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         services = self.services
         settings = services.settings
         prefix = settings.ocpp_path_prefix.rstrip("/") + "/"
         path = unquote(urlsplit(request.path).path)
-        if not path.startswith(prefix) or "/" in path[len(prefix):] or path == prefix:
+        if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix:
             return _refuse(
-                services, conn, HTTPStatus.NOT_FOUND, "bad_path",
+                services,
+                conn,
+                HTTPStatus.NOT_FOUND,
+                "bad_path",
                 f"unknown path {path!r}: chargers connect to {prefix}{{pileId}}",
             )
-        text = path[len(prefix):]
+        text = path[len(prefix) :]
         try:
             pile = pileid.parse_pile_id(text)
         except PileIdError as exc:
@@ -146,19 +149,30 @@ class OcppServer:
                 ).inc()
             rule = exc.problems[0].rule.value if exc.problems else "invalid"
             return _refuse(
-                services, conn, HTTPStatus.BAD_REQUEST, f"invalid_pile_id:{rule}",
-                f"invalid pile ID {text!r}: {exc}", pile_id=text,
+                services,
+                conn,
+                HTTPStatus.BAD_REQUEST,
+                f"invalid_pile_id:{rule}",
+                f"invalid pile ID {text!r}: {exc}",
+                pile_id=text,
                 rules=[p.rule.value for p in exc.problems],
             )
         for warning in pile.warnings:
-            log.warning("pile ID warning", pile_id=pile.text, rule=warning.rule.value,
-                        message=warning.message)
+            log.warning(
+                "pile ID warning",
+                pile_id=pile.text,
+                rule=warning.rule.value,
+                message=warning.message,
+            )
 
         registered, password_hash, model = await services.store.handshake_info(pile.text)
         if not registered:
             if settings.registration_policy == "known":
                 return _refuse(
-                    services, conn, HTTPStatus.NOT_FOUND, "unknown_pile",
+                    services,
+                    conn,
+                    HTTPStatus.NOT_FOUND,
+                    "unknown_pile",
                     f"pile {pile.text} is not registered (registration policy: known)",
                     pile_id=pile.text,
                 )
@@ -169,18 +183,26 @@ class OcppServer:
         if settings.ocpp_require_subprotocol and not any(p in SUBPROTOCOLS for p in offered):
             supported = ", ".join(SUBPROTOCOLS)
             return _refuse(
-                services, conn, HTTPStatus.BAD_REQUEST, "subprotocol",
+                services,
+                conn,
+                HTTPStatus.BAD_REQUEST,
+                "subprotocol",
                 f"no supported OCPP subprotocol offered ({', '.join(offered) or 'none'}); "
                 f"pilegate speaks: {supported}",
-                pile_id=pile.text, offered=offered,
+                pile_id=pile.text,
+                offered=offered,
             )
 
         if settings.basic_auth_required:
             creds = _basic_credentials(request.headers)
             if creds is None:
                 return _refuse(
-                    services, conn, HTTPStatus.UNAUTHORIZED, "auth_missing",
-                    "HTTP Basic credentials required (security profile 1)", pile_id=pile.text,
+                    services,
+                    conn,
+                    HTTPStatus.UNAUTHORIZED,
+                    "auth_missing",
+                    "HTTP Basic credentials required (security profile 1)",
+                    pile_id=pile.text,
                 )
             user, password = creds
             if (
@@ -189,13 +211,20 @@ class OcppServer:
                 or not services.verified.verify(pile.text, password, password_hash)
             ):
                 why = (
-                    "username is not the pile ID" if user != pile.text
-                    else "no password set for this pile" if password_hash is None
+                    "username is not the pile ID"
+                    if user != pile.text
+                    else "no password set for this pile"
+                    if password_hash is None
                     else "wrong password"
                 )
                 return _refuse(
-                    services, conn, HTTPStatus.UNAUTHORIZED, "auth_failed",
-                    f"invalid credentials for pile {pile.text}", pile_id=pile.text, why=why,
+                    services,
+                    conn,
+                    HTTPStatus.UNAUTHORIZED,
+                    "auth_failed",
+                    f"invalid credentials for pile {pile.text}",
+                    pile_id=pile.text,
+                    why=why,
                 )
         self._piles[conn] = (pile, model)
         return None
@@ -232,8 +261,12 @@ class OcppServer:
         )
         metrics.connects.labels(protocol=conn.protocol).inc()
         metrics.connected_piles.labels(protocol=conn.protocol, kind=conn.kind).inc()
-        log.info("connected", protocol=conn.protocol, remote=str(ws.remote_address),
-                 replaced=old is not None)
+        log.info(
+            "connected",
+            protocol=conn.protocol,
+            remote=str(ws.remote_address),
+            replaced=old is not None,
+        )
         if self._on_connect is not None:
             self._on_connect(conn)
         try:

@@ -654,6 +654,4 @@ class Store:
                 )
                 .order_by(PresenceEvent.at, PresenceEvent.id)
             )
-            return (_presence(before) if before is not None else None), [
-                _presence(r) for r in rows
-            ]
+            return (_presence(before) if before is not None else None), [_presence(r) for r in rows]
