@@ -19,7 +19,7 @@ Two independent detectors, both per connection:
   no heartbeat, status or transaction - for the operator it is offline. It is
   also the only detector on the cloud-board protocol, which has no pings.
 
-Shape, per ``docs``/design notes: this is a pure state machine. Time is a
+Shape (see the design notes): a pure state machine. Time is a
 float of a monotonic clock passed in by the caller; nothing here reads a
 clock, sleeps, logs or touches a socket. The asyncio layer runs *one* ticker
 task per node that calls :meth:`PresenceTracker.tick` about once a second and
@@ -157,9 +157,10 @@ class PresencePolicy:
     Defaults: P = 10 s and T = 10 s put a silently dead WebSocket link offline
     within 20 s (the requirement is 30 s). M = 3 is the cloud-board protocol's
     presence rule (three missed heartbeats). ``min_silence`` = 15 s is
-    3 × the smallest heartbeat interval the gateway configuration allows
-    (5 s), so it only matters for a charger that heartbeats faster than asked,
-    where one 4G hiccup would otherwise take it offline.
+    3 × the smallest heartbeat interval the gateway configuration hands out
+    (5 s), so it changes nothing for those and only guards a smaller interval
+    (a cloud-board login reply may say 1 s), where a 4G hiccup of a few
+    seconds would otherwise take the pile offline.
     """
 
     ping_interval: float = 10.0
@@ -385,7 +386,9 @@ class PresenceTracker(Generic[K]):
     All ``now`` arguments are seconds of one monotonic clock. Slightly
     out-of-order times (stamped by one task, reported after another's) are
     tolerated: ``last_rx`` never moves backwards, and a frame or pong stamped
-    before the outstanding ping was sent does not answer it.
+    before the outstanding ping was sent does not answer it. (An answer
+    stamped before the latest tick may have its effect on the next ping
+    noticed up to that delay late: harmless, the delay is one loop turn.)
     """
 
     __slots__ = (

@@ -54,7 +54,7 @@ def uptime(
     since_reason = "online at window start" if online else ""
     total = 0.0
     for ch in changes:
-        if ch.online == online:
+        if ch.online == online or (not ch.online and ch.reason == "replaced"):
             continue
         if online:
             total += (ch.at - since).total_seconds()
@@ -66,4 +66,5 @@ def uptime(
         total += (window_end - since).total_seconds()
         intervals.append(Interval(since, None, since_reason, None))
     span = (window_end - window_start).total_seconds()
-    return Uptime(window_start, window_end, total, total / span, tuple(intervals))
+    # Float sums of interval lengths may exceed the span by an ulp.
+    return Uptime(window_start, window_end, total, min(1.0, total / span), tuple(intervals))
