@@ -128,6 +128,13 @@ def build_router(ctx: ApiContext, dependencies: list[Any]) -> APIRouter:
         await store.set_pile_password_hash(pile_id, hash_password(body.password))
         return Response(status_code=204)
 
+    @r.delete("/api/piles/{pile_id}/kind-mismatch", tags=["piles"], status_code=204)
+    async def clear_kind_mismatch(pile_id: str) -> Response:
+        """Clear the AC/DC mismatch flag and its evidence after investigation."""
+        await known(pile_id)
+        await store.clear_kind_mismatch(pile_id)
+        return Response(status_code=204)
+
     # --- transactions ------------------------------------------------------------
     @r.get("/api/transactions", tags=["transactions"])
     async def list_transactions(

@@ -149,6 +149,7 @@ class CommandService:
             timeout=timeout,
         )
         q = self._queued.setdefault(pile_id, deque())
+        self._expire(q)
         if len(q) >= self.services.settings.command_queue_size:
             raise CommandError(
                 429, "command_queue_full", f"pile {pile_id} already has {len(q)} queued commands"
@@ -169,11 +170,25 @@ class CommandService:
         while len(self._history) > self.max_history:
             self._history.popitem(last=False)
 
+    def _expire(self, q: deque[QueuedCommand]) -> None:
+        """Drop commands whose time-to-live ran out (they free their slot)."""
+        now = time.monotonic()
+        for cmd in [c for c in q if now > c.expires_mono]:
+            q.remove(cmd)
+            cmd.status = "expired"
+            cmd.finished_at = self.services.clock()
+            log.info("queued command expired", command_id=cmd.id, action=cmd.action)
+
     def get(self, command_id: int) -> QueuedCommand | None:
-        return self._history.get(command_id)
+        cmd = self._history.get(command_id)
+        if cmd is not None and cmd.status == "queued":
+            self._expire(self._queued.get(cmd.pile_id, deque()))
+        return cmd
 
     def queued_for(self, pile_id: str) -> list[QueuedCommand]:
-        return list(self._queued.get(pile_id, ()))
+        q = self._queued.get(pile_id, deque())
+        self._expire(q)
+        return list(q)
 
     def pile_connected(self, conn: PileConnection) -> None:
         """Send what waited for this pile, in order, in a task of its own."""

@@ -233,3 +233,34 @@ async def test_transaction_list_filters(gw: Gateway) -> None:
         bad_fmt = await api.get("/api/transactions/1/meter-values", params={"format": "xml"})
         assert bad_fmt.status_code == 422
     await cp.close()
+
+
+async def test_expired_queued_commands_free_their_slot(database_url: str) -> None:
+    async with running_gateway(database_url, command_queue_size=1) as gw, api_client(gw) as api:
+        await api.post("/api/piles", json={"pile_id": AC})
+        first = await api.post(f"/api/piles/{AC}/commands/ClearCache", json={"queue_ttl": 0.05})
+        assert first.status_code == 202
+        await asyncio.sleep(0.1)
+        assert (await api.get(f"/api/commands/{first.json()['id']}")).json()["status"] == "expired"
+        second = await api.post(f"/api/piles/{AC}/commands/ClearCache", json={"queue_ttl": 60})
+        assert second.status_code == 202
+
+
+async def test_other_piles_samples_do_not_join_a_curve(gw: Gateway) -> None:
+    a = await ChargePoint.connect(gw.ocpp_port, AC)
+    b = await ChargePoint.connect(gw.ocpp_port, "44030800010000200005")
+    tx = (
+        await a.call(
+            "StartTransaction",
+            {"connectorId": 1, "idTag": "A", "meterStart": 0, "timestamp": now_iso()},
+        )
+    )["transactionId"]
+    sample = {"timestamp": now_iso(), "sampledValue": [{"value": "10"}]}
+    await a.call("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [sample]})
+    await b.call("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [sample]})
+    await flushed(gw)
+    async with api_client(gw) as api:
+        samples = (await api.get(f"/api/transactions/{tx}/meter-values")).json()["samples"]
+    assert len(samples) == 1
+    await a.close()
+    await b.close()

@@ -88,37 +88,46 @@ def test_connect_exactly_at_window_end_is_an_empty_open_interval() -> None:
 
 
 # --- folding -------------------------------------------------------------------------------
-def test_replaced_then_connected_at_the_same_instant_is_no_downtime() -> None:
-    # What the OCPP listener records when a pile reconnects before its old
-    # link was seen dead: "replaced" (offline) for the old connection, then
-    # "connected" for the new one.
+# What the OCPP listener records when a pile reconnects before its old link
+# was seen dead: "replaced" (offline) for the old connection, then
+# "connected" for the new one, stamped a moment later.
+def test_replaced_then_connected_at_the_same_instant_is_one_interval() -> None:
     changes = [off(600, "replaced"), on(600, "connected")]
     result = uptime(True, changes, START, END)
+    assert result.intervals == (Interval(START, None, "online at window start", None),)
     assert result.online_seconds == SPAN
     assert result.ratio == 1.0
 
 
-def test_replaced_then_connected_keeps_both_reasons_in_the_history() -> None:
-    # What the code does today: the two connections stay two intervals that
-    # touch (no gap), so the history still shows why the first one ended.
-    changes = [off(600, "replaced"), on(600, "connected")]
+def test_replaced_then_connected_a_moment_later_is_no_downtime() -> None:
+    replaced = off(600, "replaced")
+    connected = PresenceChange(replaced.at + timedelta(milliseconds=3), True, "connected")
+    result = uptime(False, [on(60), replaced, connected], START, END)
+    assert result.intervals == (Interval(at(60), None, "connected", None),)
+    assert result.online_seconds == SPAN - 60 * 60
+
+
+def test_replaced_as_the_last_event_of_the_window_stays_online() -> None:
+    # The new connection's "connected" falls after the window end.
+    result = uptime(True, [off(1440, "replaced")], START, END)
+    assert result.intervals == (Interval(START, None, "online at window start", None),)
+    assert result.ratio == 1.0
+
+
+def test_replaced_while_offline_changes_nothing() -> None:
+    result = uptime(False, [off(600, "replaced")], START, END)
+    assert result.intervals == ()
+    assert result.online_seconds == 0.0
+
+
+def test_other_offline_reasons_at_the_same_instant_are_not_folded() -> None:
+    changes = [off(600, "closed_abnormal"), on(600, "connected")]
     result = uptime(True, changes, START, END)
     assert result.intervals == (
-        Interval(START, at(600), "online at window start", "replaced"),
+        Interval(START, at(600), "online at window start", "closed_abnormal"),
         Interval(at(600), None, "connected", None),
     )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="uptime() docstring says a 'replaced' offline directly followed by a 'connected' "
-    "is folded, but only repeated events of the *same* state are skipped: the pair "
-    "yields two touching intervals, not one",
-)
-def test_replaced_then_connected_is_folded_into_one_interval() -> None:
-    changes = [off(600, "replaced"), on(600, "connected")]
-    result = uptime(True, changes, START, END)
-    assert len(result.intervals) == 1
+    assert result.online_seconds == SPAN
 
 
 def test_repeated_events_of_the_same_state_are_folded() -> None:
@@ -222,7 +231,9 @@ def test_online_seconds_is_the_sum_of_the_intervals(
         assert i.end is None or i.start <= i.end <= end
         bounds.append(i.end if i.end is not None else end)
     assert all(i.end is not None for i in result.intervals[:-1])
-    final = changes[-1].online if changes else state
+    # A "replaced" offline is folded into the connection that follows it.
+    effective = [ch for ch in changes if ch.online or ch.reason != "replaced"]
+    final = effective[-1].online if effective else state
     assert (bool(result.intervals) and result.intervals[-1].end is None) == final
 
 
@@ -234,24 +245,17 @@ def test_ratio_is_within_zero_and_one(
     result = uptime(state, changes, start, end)
     assert result.window_start == start and result.window_end == end
     assert result.online_seconds >= 0.0
-    # Up to float rounding: the online seconds are a sum of float durations,
-    # which may exceed the span by a few ulps when the intervals cover the
-    # whole window (see test_ratio_never_exceeds_one below).
-    assert 0.0 <= result.ratio <= 1.0 + 1e-12
+    assert 0.0 <= result.ratio <= 1.0
     span = (end - start).total_seconds()
     assert result.ratio == pytest.approx(result.online_seconds / span)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="online_seconds is a running sum of float durations: intervals of 0.1 s and "
-    "0.2 s covering a 0.3 s window give 0.30000000000000004 s and a ratio of "
-    "1.0000000000000002 (the API rounds it away, the function does not clamp)",
-)
 def test_ratio_never_exceeds_one() -> None:
+    # online_seconds is a sum of float durations: 0.1 s + 0.2 s covering a
+    # 0.3 s window add up to 0.30000000000000004 s; the ratio is clamped.
     end = START + timedelta(seconds=0.3)
     t = START + timedelta(seconds=0.1)
-    changes = [PresenceChange(t, False, "replaced"), PresenceChange(t, True, "connected")]
+    changes = [PresenceChange(t, False, "closed_abnormal"), PresenceChange(t, True, "connected")]
     result = uptime(True, changes, START, end)
-    assert result.online_seconds <= (end - START).total_seconds()
-    assert result.ratio <= 1.0
+    assert result.online_seconds == pytest.approx(0.3)
+    assert result.ratio == 1.0

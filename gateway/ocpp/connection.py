@@ -92,6 +92,7 @@ class OcppConnection:
         self.offline_detail: str | None = None
         self.replaced = False
         self.soc_flagged = False
+        self.boot_rejected = False
         self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._call_lock = asyncio.Lock()
         self._waiting = 0
@@ -184,6 +185,15 @@ class OcppConnection:
                     action=action,
                     code=exc.error_code.value,
                     details=exc.details,
+                )
+            if self.boot_rejected and action != "BootNotification":
+                # OCPP 1.6 §4.2.1: a rejected charge point shall not send
+                # other requests until it is accepted.
+                raise OcppError(
+                    ErrorCode.SecurityError,
+                    f"BootNotification was rejected; {action} is not accepted before a "
+                    "successful boot",
+                    {"action": action},
                 )
             handler = self.handlers.get(action)
             if handler is None:

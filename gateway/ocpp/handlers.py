@@ -30,7 +30,13 @@ from sessions.charging import (
 )
 
 from ..storage.repo import TokenRecord
-from ..storage.writer import ChargerMessageOp, GunStatusOp, MeterSampleOp, PileUpdateOp
+from ..storage.writer import (
+    ChargerMessageOp,
+    GunStatusOp,
+    KindEvidenceOp,
+    MeterSampleOp,
+    PileUpdateOp,
+)
 
 if TYPE_CHECKING:
     from .connection import OcppConnection
@@ -129,23 +135,18 @@ class OcppHandlers:
         }
         status = "Accepted"
         declared = settings.model_kinds.get(model)
+        evidence: dict[str, Any] | None = None
         if declared is not None and declared != self.conn.kind:
-            evidence = {
-                "source": "model_kinds",
-                "model": model,
-                "reported_kind": declared,
-                "pile_id_kind": self.conn.kind,
-                "at": iso(now),
-            }
-            values.update(kind_mismatch=True, kind_mismatch_evidence=json.dumps([evidence]))
-            s.metrics.kind_mismatches.labels(source="model_kinds").inc()
-            log.warning("kind mismatch", **evidence, policy=settings.kind_policy)
+            evidence = {"source": "model_kinds", "model": model, "reported_kind": declared}
             if settings.kind_policy == "reject":
                 status = "Rejected"
-        elif declared is not None:
-            values.update(kind_mismatch=False, kind_mismatch_evidence=None)
+        # Boot data is stored even for a Rejected boot: operators need to see
+        # what the charger claimed to be.
         await s.writer.put(PileUpdateOp(self.conn.pile_id, tuple(values.items())))
         await s.writer.put(PileUpdateOp(self.conn.pile_id, (("boot_count", _BOOT_INC),)))
+        if evidence is not None:
+            await self._flag_kind(evidence)
+        self.conn.boot_rejected = status == "Rejected"
         if self.conn.conn_id in s.tracker:
             s.tracker.set_heartbeat_interval(self.conn.conn_id, float(settings.heartbeat_interval))
         if status == "Accepted" and settings.kind_config_keys:
@@ -362,13 +363,8 @@ class OcppHandlers:
         s = self.s
         evidence = {**evidence, "pile_id_kind": self.conn.kind, "at": iso(s.clock())}
         s.metrics.kind_mismatches.labels(source=evidence["source"]).inc()
-        log.warning("kind mismatch", **evidence)
-        await s.writer.put(
-            PileUpdateOp(
-                self.conn.pile_id,
-                (("kind_mismatch", True), ("kind_mismatch_evidence", json.dumps([evidence]))),
-            )
-        )
+        log.warning("kind mismatch", **evidence, policy=s.settings.kind_policy)
+        await s.writer.put(KindEvidenceOp(self.conn.pile_id, json.dumps(evidence)))
 
     async def data_transfer(self, p: dict[str, Any]) -> dict[str, Any]:
         vendor = p["vendorId"]

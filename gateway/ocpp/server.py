@@ -18,7 +18,7 @@ import base64
 import binascii
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,7 +32,7 @@ import pileid
 from pileid import PileId, PileIdError
 
 from ..services import Services
-from .connection import OcppConnection, new_conn_id
+from .connection import OcppConnection, new_conn_id, shared_validator
 
 log = structlog.get_logger("pilegate.ocpp")
 
@@ -74,6 +74,13 @@ def _basic_credentials(headers: Headers) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def _select_subprotocol(conn: ServerConnection, offered: Sequence[str]) -> Any:
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return name
+    return None
+
+
 class OcppServer:
     def __init__(
         self,
@@ -90,12 +97,17 @@ class OcppServer:
 
     async def start(self) -> None:
         s = self.services.settings
+        # Compile every 1.6 schema now rather than on a charger's first message.
+        shared_validator("1.6")
         self._server = await serve(
             self._handler,
             s.ocpp_host,
             s.ocpp_port,
             process_request=self._process_request,
-            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            # Our own selection: the handshake check above already refused
+            # clients offering none we speak (unless ocpp_require_subprotocol
+            # is off, in which case a client offering none is served as 1.6).
+            select_subprotocol=_select_subprotocol,
             max_size=s.ocpp_max_message_size,
             # Keepalive is the presence tracker's job (one ticker per node,
             # not one task per connection); compression would cost ~100 KiB
@@ -166,18 +178,15 @@ class OcppServer:
             )
 
         registered, password_hash, model = await services.store.handshake_info(pile.text)
-        if not registered:
-            if settings.registration_policy == "known":
-                return _refuse(
-                    services,
-                    conn,
-                    HTTPStatus.NOT_FOUND,
-                    "unknown_pile",
-                    f"pile {pile.text} is not registered (registration policy: known)",
-                    pile_id=pile.text,
-                )
-            await services.store.ensure_pile(pile, services.clock())
-            log.info("pile registered at first connect", pile_id=pile.text)
+        if not registered and settings.registration_policy == "known":
+            return _refuse(
+                services,
+                conn,
+                HTTPStatus.NOT_FOUND,
+                "unknown_pile",
+                f"pile {pile.text} is not registered (registration policy: known)",
+                pile_id=pile.text,
+            )
 
         offered = _offered_subprotocols(request.headers)
         if settings.ocpp_require_subprotocol and not any(p in SUBPROTOCOLS for p in offered):
@@ -226,6 +235,11 @@ class OcppServer:
                     pile_id=pile.text,
                     why=why,
                 )
+        if not registered:
+            # Registered only once every check passed: a refused handshake
+            # (or a stray HTTP GET) must not create piles.
+            await services.store.ensure_pile(pile, services.clock())
+            log.info("pile registered at first connect", pile_id=pile.text)
         self._piles[conn] = (pile, model)
         return None
 

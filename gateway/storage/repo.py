@@ -568,10 +568,17 @@ class Store:
             return [_copy(TransactionRecord, r) for r in rows]
 
     async def meter_values(self, transaction_id: int) -> list[MeterValueRecord]:
+        """Samples of a transaction; only those its own pile sent (another pile
+        naming the same transaction id adds nothing to this curve)."""
         async with self._sessions() as s:
+            pile_id = await s.scalar(
+                select(Transaction.pile_id).where(Transaction.id == transaction_id)
+            )
+            if pile_id is None:
+                return []
             rows = await s.scalars(
                 select(MeterValue)
-                .where(MeterValue.transaction_key == transaction_id)
+                .where(MeterValue.transaction_key == transaction_id, MeterValue.pile_id == pile_id)
                 .order_by(MeterValue.at, MeterValue.measurand, MeterValue.phase, MeterValue.id)
             )
             return [_copy(MeterValueRecord, r) for r in rows]
@@ -655,3 +662,12 @@ class Store:
                 .order_by(PresenceEvent.at, PresenceEvent.id)
             )
             return (_presence(before) if before is not None else None), [_presence(r) for r in rows]
+
+    async def clear_kind_mismatch(self, pile_id: str) -> bool:
+        async with self._sessions() as s, s.begin():
+            res = await s.execute(
+                update(Pile)
+                .where(Pile.pile_id == pile_id)
+                .values(kind_mismatch=False, kind_mismatch_evidence=None)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.logging import get_logger
@@ -94,7 +95,22 @@ class PileUpdateOp:
     values: tuple[tuple[str, Any], ...]
 
 
-WriteOp = PresenceOp | GunStatusOp | MeterSampleOp | ChargerMessageOp | PileUpdateOp
+@dataclass(frozen=True, slots=True)
+class KindEvidenceOp:
+    """Flag an AC/DC contradiction, appending to the pile's evidence list
+    (every source is kept: a later boot must not erase what the meter values
+    showed)."""
+
+    pile_id: str
+    evidence: str  # JSON object
+
+
+# Evidence entries kept per pile (oldest dropped first).
+KIND_EVIDENCE_MAX = 20
+
+WriteOp = (
+    PresenceOp | GunStatusOp | MeterSampleOp | ChargerMessageOp | PileUpdateOp | KindEvidenceOp
+)
 
 
 def insert_ignore(session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]]) -> Any:
@@ -283,6 +299,20 @@ class WriteBehind:
                     )
                 elif isinstance(op, ChargerMessageOp):
                     s.add(ChargerMessage(**_fields(op)))
+                elif isinstance(op, KindEvidenceOp):
+                    current = await s.scalar(
+                        select(Pile.kind_mismatch_evidence).where(Pile.pile_id == op.pile_id)
+                    )
+                    items = json.loads(current) if current else []
+                    items.append(json.loads(op.evidence))
+                    await s.execute(
+                        update(Pile)
+                        .where(Pile.pile_id == op.pile_id)
+                        .values(
+                            kind_mismatch=True,
+                            kind_mismatch_evidence=json.dumps(items[-KIND_EVIDENCE_MAX:]),
+                        )
+                    )
                 elif isinstance(op, PileUpdateOp):
                     await s.execute(
                         update(Pile).where(Pile.pile_id == op.pile_id).values(dict(op.values))

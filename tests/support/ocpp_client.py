@@ -64,7 +64,10 @@ class ChargePoint:
             headers["Authorization"] = f"Basic {token}"
         ws = await connect(
             f"ws://127.0.0.1:{port}{path_prefix}/{pile_id}",
-            subprotocols=subprotocols if subprotocols is not None else ["ocpp1.6"],  # type: ignore[arg-type]
+            # [] means "offer none": send no Sec-WebSocket-Protocol header at all
+            subprotocols=(  # type: ignore[arg-type]
+                ["ocpp1.6"] if subprotocols is None else (subprotocols or None)
+            ),
             additional_headers=headers,
             ping_interval=None,
             open_timeout=10,
