@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine, Iterator
+from datetime import timedelta
 from typing import Any
 
 import uvicorn
@@ -23,8 +24,11 @@ from .api import ApiContext, create_app
 from .clock import Clock, utcnow
 from .commands import CommandService
 from .config import Settings
+from .eventbus import EventSink
+from .events import PileDisconnected, Presence
 from .logging import get_logger
 from .metrics import Metrics
+from .mqtt import MqttBridge
 from .ocpp.server import OcppServer
 from .registry import Registry
 from .services import BootLimiter, Services
@@ -53,6 +57,9 @@ class Gateway:
         self.ocpp: OcppServer | None = None
         self.commands: CommandService | None = None
         self.writer: WriteBehind | None = None
+        self.bridge: MqttBridge | None = None
+        self._mqtt_task: asyncio.Task[Any] | None = None
+        self._lease_task: asyncio.Task[Any] | None = None
         self._api: _EmbeddedServer | None = None
         self._ticker: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -96,9 +103,23 @@ class Gateway:
             clock=self.clock,
             boot_limiter=BootLimiter(s.boot_rate_limit),
             spawn=self.spawn,
+            events=EventSink(s.node_id, s.mqtt_topic_prefix, enabled=s.mqtt_url is not None),
         )
         self.commands = CommandService(self.services)
-        self.ocpp = OcppServer(self.services, on_connect=self.commands.pile_connected)
+        # This node held no connection before it started: piles the database
+        # still shows online here were left by a previous run that died.
+        await self._release_own_piles()
+        await self.store.node_heartbeat(s.node_id, self.clock())
+        if s.mqtt_url is not None:
+            self.bridge = MqttBridge(self.services, s.mqtt_url)
+            self.bridge.commands = self.commands
+            self.commands.bridge = self.bridge
+            self.writer.on_flush = self.bridge.notify
+            self._mqtt_task = self.spawn(self.bridge.run(), "mqtt-bridge")
+        self._lease_task = self.spawn(self._node_leases(), "node-leases")
+        self.ocpp = OcppServer(
+            self.services, on_connect=self.commands.pile_connected, bridge=self.bridge
+        )
         await self.ocpp.start()
         self._ticker = self.spawn(self._presence_ticker(), "presence-ticker")
         app = create_app(
@@ -171,14 +192,64 @@ class Gateway:
                     conn.set_offline_detail(action.detail)
                     conn.abort(action.reason.value)
 
+    def _disconnect_rows(self, pile_id: str, at: Any) -> tuple[tuple[str, str, str, bool], ...]:
+        assert self.services is not None
+        return self.services.events.rows(
+            "pile.disconnected",
+            pile_id,
+            at,
+            PileDisconnected(reason="node_lost", detail="node lost"),
+            Presence(pile_id=pile_id, online=False, reason="node_lost", at=at, node_id=None),
+        )
+
+    async def _release_own_piles(self) -> None:
+        assert self.store is not None and self.services is not None
+        events = self._disconnect_rows if self.services.events.enabled else None
+        piles = await self.store.release_node_piles(
+            self.settings.node_id, self.clock(), "node_lost", self.settings.node_id, events
+        )
+        if piles:
+            log.warning("piles left online by a previous run marked offline", count=len(piles))
+
+    async def _node_leases(self) -> None:
+        """Renew this node's lease; mark the piles of dead nodes offline."""
+        assert self.store is not None and self.services is not None
+        lease = self.settings.node_lease_seconds
+        events = self._disconnect_rows if self.services.events.enabled else None
+        while True:
+            await asyncio.sleep(max(0.2, lease / 3))
+            try:
+                now = self.clock()
+                await self.store.node_heartbeat(self.settings.node_id, now)
+                for dead in await self.store.dead_nodes(now, lease):
+                    piles = await self.store.release_node_piles(
+                        dead,
+                        now,
+                        "node_lost",
+                        self.settings.node_id,
+                        events,
+                        cutoff=now - timedelta(seconds=lease),
+                    )
+                    if piles is not None:
+                        self.metrics.nodes_lost.inc()
+                        log.warning(
+                            "node lost; its piles marked offline", node=dead, piles=len(piles)
+                        )
+                if self.bridge is not None:
+                    await self.bridge.refresh_backlog_metrics()
+            except Exception:
+                # The database may be restarting; the lease loop must survive.
+                log.exception("node lease round failed")
+
     async def stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
         log.info("gateway stopping")
         grace = self.settings.shutdown_grace_seconds
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in (self._ticker, self._lease_task):
+            if task is not None:
+                task.cancel()
         if self.ocpp is not None:
             # Stop accepting, then close every charger with 1001 (going away);
             # their offline events ("gateway_shutdown") go into the queue.
@@ -192,6 +263,18 @@ class Gateway:
                 await asyncio.wait_for(self.writer.close(), grace)
             except TimeoutError:
                 log.error("write queue not flushed in time", left=len(self.writer))
+        if self.bridge is not None and self._mqtt_task is not None:
+            # Publish what the shutdown itself produced (offline events) if
+            # the broker is there; the rest stays in the outbox.
+            deadline = time.monotonic() + min(grace, 5.0)
+            while self.bridge.connected.is_set() and time.monotonic() < deadline:
+                assert self.store is not None
+                count, _ = await self.store.outbox_stats(self.settings.node_id)
+                if count == 0:
+                    break
+                self.bridge.notify()
+                await asyncio.sleep(0.05)
+            self._mqtt_task.cancel()
         if self._api is not None:
             self._api.should_exit = True
         if self._tasks:

@@ -15,12 +15,15 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .registry import CommandError, CommandResult, PileConnection
 from .services import Services
+
+if TYPE_CHECKING:
+    from .mqtt import MqttBridge
 
 log = structlog.get_logger("pilegate.commands")
 
@@ -76,6 +79,7 @@ class CommandService:
     _queued: dict[str, deque[QueuedCommand]] = field(default_factory=dict)
     _history: OrderedDict[int, QueuedCommand] = field(default_factory=OrderedDict)
     max_history: int = 10_000
+    bridge: MqttBridge | None = None
 
     def check_action(self, action: str) -> None:
         if action not in OCPP16_COMMANDS:
@@ -97,6 +101,14 @@ class CommandService:
         self.check_action(action)
         budget = timeout if timeout is not None else self.services.settings.command_timeout
         conn = self.services.registry.get(pile_id)
+        if conn is None and self.bridge is not None:
+            holder = await self.services.store.pile_node(pile_id)
+            if holder is not None and holder != self.services.node_id:
+                # The pile is connected to another node: carry the command
+                # there over MQTT (same errors as a local command).
+                return await self.bridge.forward(
+                    holder, pile_id, action, payload, budget, queue_ttl
+                )
         if conn is None:
             if queue_ttl is None:
                 raise CommandError(

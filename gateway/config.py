@@ -166,6 +166,23 @@ class Settings(BaseSettings):
         "(the message is stored either way).",
     )
 
+    # --- MQTT and several nodes -------------------------------------------------
+    mqtt_url: str | None = Field(
+        None,
+        description="MQTT broker, e.g. mqtt://127.0.0.1:1883 (events and cross-node commands); "
+        "unset = no MQTT.",
+    )
+    mqtt_topic_prefix: str = Field("pilegate/v1", description="Prefix of every MQTT topic.")
+    mqtt_publish_batch: int = Field(
+        500, ge=1, le=10000, description="Outbox rows published per round."
+    )
+    node_lease_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A node whose heartbeat is older than this is dead: its piles are "
+        "marked offline by the others.",
+    )
+
     # --- cloud-board (CBP/1) -------------------------------------------------
     cbp_host: str = Field("0.0.0.0", description="Address the cloud-board TCP listener binds.")
     cbp_port: int = Field(9010, ge=0, le=65535, description="Port of the cloud-board listener.")
@@ -178,6 +195,18 @@ class Settings(BaseSettings):
                 "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
                 f"(got {value.split('://', 1)[0]!r})"
             )
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ValueError(f"must look like mqtt://HOST[:PORT] (got {value!r})")
         return value
 
     @field_validator("ocpp_path_prefix")

@@ -105,6 +105,25 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.mqtt_connected = Gauge(
+            "pilegate_mqtt_connected", "1 while the MQTT broker is connected", registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "pilegate_outbox_backlog", "Events of this node waiting to be published", registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "pilegate_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished event of this node",
+            registry=r,
+        )
+        self.nodes_lost = Counter(
+            "pilegate_nodes_lost", "Dead nodes whose piles this node marked offline", registry=r
+        )
+        self.outstanding_calls = Gauge(
+            "pilegate_outstanding_calls",
+            "Calls sent to chargers and not yet answered",
+            registry=r,
+        )
         # labels() costs a lock and a dict lookup; the per-message path keeps
         # its children here.
         self._in_children: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from sessions.presence import PresenceTracker
 
 from .clock import Clock
 from .config import Settings
+from .eventbus import EventSink
 from .metrics import Metrics
 from .passwords import VerifiedCache
 from .registry import Registry
@@ -80,6 +81,7 @@ class Services:
     clock: Clock
     boot_limiter: BootLimiter
     spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
+    events: EventSink
     remote_starts: RemoteStarts = field(default_factory=RemoteStarts)
     verified: VerifiedCache = field(default_factory=VerifiedCache)
 

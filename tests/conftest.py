@@ -49,3 +49,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
     finally:
         await _drop_pg_database(name)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (several gateway nodes share one)."""
+    name, url = await _pg_database()
+    try:
+        yield url
+    finally:
+        await _drop_pg_database(name)

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
 
@@ -35,9 +36,10 @@ from protocol.ocpp import (
 )
 from sessions.presence import OfflineReason
 
+from ..events import PileConnected, PileDisconnected, Presence
 from ..registry import CommandError, CommandResult
 from ..services import Services
-from ..storage.writer import PresenceOp
+from ..storage.writer import PresenceOp, WriteOp
 
 log = structlog.get_logger("pilegate.ocpp")
 
@@ -282,7 +284,9 @@ class OcppConnection:
         unique_id = uuid.uuid4().hex
         fut: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
         self._pending[unique_id] = fut
-        self.services.metrics.ocpp_out.labels(action=action).inc()
+        metrics = self.services.metrics
+        metrics.ocpp_out.labels(action=action).inc()
+        metrics.outstanding_calls.inc()
         try:
             await self.ws.send(encode_call(unique_id, action, payload))
             answer = await asyncio.wait_for(fut, timeout)
@@ -296,6 +300,7 @@ class OcppConnection:
             ) from exc
         finally:
             self._pending.pop(unique_id, None)
+            metrics.outstanding_calls.dec()
         if isinstance(answer, CallError):
             raise CommandError(
                 502,
@@ -377,14 +382,37 @@ class OcppConnection:
             f"close code {code}" if code is not None else "connection lost without close"
         )
 
-    def presence_op(self, online: bool, reason: str, detail: str | None) -> PresenceOp:
-        return PresenceOp(
+    def presence_ops(self, online: bool, reason: str, detail: str | None) -> tuple[WriteOp, ...]:
+        """The presence change and its events, to enqueue together."""
+        services = self.services
+        at = services.clock()
+        op = PresenceOp(
             pile_id=self.pile_id,
-            at=self.services.clock(),
+            at=at,
             online=online,
             reason=reason,
             detail=detail,
             connection_id=self.conn_id,
-            node_id=self.services.node_id,
+            node_id=services.node_id,
             protocol=self.protocol,
         )
+        data: BaseModel = (
+            PileConnected(protocol=self.protocol, connection_id=self.conn_id, detail=detail)
+            if online
+            else PileDisconnected(reason=reason, detail=detail, connection_id=self.conn_id)
+        )
+        presence = Presence(
+            pile_id=self.pile_id,
+            online=online,
+            reason=reason,
+            at=at,
+            node_id=services.node_id if online else None,
+        )
+        events = services.events.op(
+            "pile.connected" if online else "pile.disconnected",
+            self.pile_id,
+            at,
+            data,
+            presence=presence,
+        )
+        return (op, *events)

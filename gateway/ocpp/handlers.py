@@ -29,6 +29,15 @@ from sessions.charging import (
     started_offline,
 )
 
+from ..events import (
+    GunStatus,
+    KindMismatch,
+    MeterSample,
+    MeterSamples,
+    PileBoot,
+    TransactionStarted,
+    TransactionStopped,
+)
 from ..storage.repo import TokenRecord
 from ..storage.writer import (
     ChargerMessageOp,
@@ -142,8 +151,21 @@ class OcppHandlers:
                 status = "Rejected"
         # Boot data is stored even for a Rejected boot: operators need to see
         # what the charger claimed to be.
-        await s.writer.put(PileUpdateOp(self.conn.pile_id, tuple(values.items())))
-        await s.writer.put(PileUpdateOp(self.conn.pile_id, (("boot_count", _BOOT_INC),)))
+        await s.writer.put(
+            PileUpdateOp(self.conn.pile_id, tuple(values.items())),
+            PileUpdateOp(self.conn.pile_id, (("boot_count", _BOOT_INC),)),
+            *s.events.op(
+                "pile.boot",
+                self.conn.pile_id,
+                now,
+                PileBoot(
+                    status=status,
+                    vendor=values["vendor"],
+                    model=model,
+                    firmware_version=values["firmware_version"],
+                ),
+            ),
+        )
         if evidence is not None:
             await self._flag_kind(evidence)
         self.conn.boot_rejected = status == "Rejected"
@@ -175,19 +197,34 @@ class OcppHandlers:
             )
         now = self.s.clock()
         at = parse_time(p["timestamp"]) if p.get("timestamp") else now
+        op = GunStatusOp(
+            pile_id=self.conn.pile_id,
+            connector_id=connector,
+            gun_id=f"{self.conn.pile_id}{connector:03d}",
+            status=p["status"],
+            error_code=p.get("errorCode"),
+            info=p.get("info"),
+            vendor_id=p.get("vendorId"),
+            vendor_error_code=p.get("vendorErrorCode"),
+            at=at,
+            received_at=now,
+        )
         await self.s.writer.put(
-            GunStatusOp(
-                pile_id=self.conn.pile_id,
-                connector_id=connector,
-                gun_id=f"{self.conn.pile_id}{connector:03d}",
-                status=p["status"],
-                error_code=p.get("errorCode"),
-                info=p.get("info"),
-                vendor_id=p.get("vendorId"),
-                vendor_error_code=p.get("vendorErrorCode"),
-                at=at,
-                received_at=now,
-            )
+            op,
+            *self.s.events.op(
+                "gun.status",
+                self.conn.pile_id,
+                now,
+                GunStatus(
+                    connector_id=connector,
+                    gun_id=op.gun_id,
+                    status=op.status,
+                    error_code=op.error_code,
+                    info=op.info,
+                    vendor_error_code=op.vendor_error_code,
+                    at=at,
+                ),
+            ),
         )
         return {}
 
@@ -215,18 +252,42 @@ class OcppHandlers:
             busy = await s.store.active_transaction_of_token(id_tag)
             if busy is not None and busy.pile_id != self.conn.pile_id:
                 status = AuthStatus.CONCURRENT_TX
-        tx, created = await s.store.start_transaction(
-            pile_id=self.conn.pile_id,
-            connector_id=int(p["connectorId"]),
-            protocol=self.conn.protocol,
-            id_tag=id_tag,
-            auth_method=auth_method(token, remote).value,
-            offline=offline,
-            auth_status=status.value,
-            start_at=start_at,
-            meter_start=int(p["meterStart"]),
-            reservation_id=p.get("reservationId"),
-            now=now,
+        tx, created = await s.writer.call(
+            lambda session: s.store.start_transaction_in(
+                session,
+                pile_id=self.conn.pile_id,
+                connector_id=int(p["connectorId"]),
+                protocol=self.conn.protocol,
+                id_tag=id_tag,
+                auth_method=auth_method(token, remote).value,
+                offline=offline,
+                auth_status=status.value,
+                start_at=start_at,
+                meter_start=int(p["meterStart"]),
+                reservation_id=p.get("reservationId"),
+                now=now,
+                events=(
+                    (
+                        lambda t: s.events.rows(
+                            "transaction.started",
+                            t.pile_id,
+                            now,
+                            TransactionStarted(
+                                transaction_id=t.id,
+                                connector_id=t.connector_id,
+                                id_tag=t.id_tag,
+                                auth_method=t.auth_method,
+                                offline=t.offline,
+                                start_at=t.start_at,
+                                meter_start=t.meter_start,
+                            ),
+                        )
+                    )
+                    if s.events.enabled
+                    else None
+                ),
+                node_id=s.node_id,
+            )
         )
         if not created:
             # A retransmission: answer with the transaction already stored.
@@ -284,21 +345,43 @@ class OcppHandlers:
         samples = self._samples(
             p.get("transactionData") or [], connector, tx_id if known_here else 0, now
         )
-        rec = await s.store.stop_transaction(
-            pile_id=self.conn.pile_id,
-            transaction_id=tx_id,
-            stop_at=stop_at,
-            meter_stop=int(p["meterStop"]),
-            reason=p.get("reason", "Local"),
-            stop_id_tag=id_tag,
-            stop_offline=started_offline(
-                stop_at,
-                self.conn.connected_at,
-                timedelta(seconds=s.settings.clock_skew_tolerance),
-            ),
-            samples=[_sample_row(x) for x in samples],
-            now=now,
-            raw_payload=json.dumps(p, separators=(",", ":")),
+        rec = await s.writer.call(
+            lambda session: s.store.stop_transaction_in(
+                session,
+                pile_id=self.conn.pile_id,
+                transaction_id=tx_id,
+                stop_at=stop_at,
+                meter_stop=int(p["meterStop"]),
+                reason=p.get("reason", "Local"),
+                stop_id_tag=id_tag,
+                stop_offline=started_offline(
+                    stop_at,
+                    self.conn.connected_at,
+                    timedelta(seconds=s.settings.clock_skew_tolerance),
+                ),
+                samples=[_sample_row(x) for x in samples],
+                now=now,
+                raw_payload=json.dumps(p, separators=(",", ":")),
+                events=(
+                    (
+                        lambda t: s.events.rows(
+                            "transaction.stopped",
+                            t.pile_id,
+                            now,
+                            TransactionStopped(
+                                transaction_id=t.id,
+                                stop_at=stop_at,
+                                meter_stop=int(p["meterStop"]),
+                                energy_wh=t.energy_wh,
+                                reason=t.stop_reason,
+                            ),
+                        )
+                    )
+                    if s.events.enabled
+                    else None
+                ),
+                node_id=s.node_id,
+            )
         )
         if rec is None:
             s.metrics.transactions.labels(event="orphan_stop").inc()
@@ -329,7 +412,33 @@ class OcppHandlers:
                 await self._flag_kind(
                     {"source": "meter_values", "measurands": dc_only, "connector": connector}
                 )
-        await self.s.writer.put(*samples)
+        events = (
+            self.s.events.op(
+                "meter.samples",
+                self.conn.pile_id,
+                now,
+                MeterSamples(
+                    connector_id=connector,
+                    transaction_id=tx_key or None,
+                    samples=[
+                        MeterSample(
+                            at=x.at,
+                            measurand=x.measurand,
+                            phase=x.phase,
+                            unit=x.unit,
+                            context=x.context,
+                            location=x.location,
+                            value=x.value,
+                            value_num=x.value_num,
+                        )
+                        for x in samples
+                    ],
+                ),
+            )
+            if samples
+            else ()
+        )
+        await self.s.writer.put(*samples, *events)
         return {}
 
     async def _probe_kind(self) -> None:
@@ -364,7 +473,12 @@ class OcppHandlers:
         evidence = {**evidence, "pile_id_kind": self.conn.kind, "at": iso(s.clock())}
         s.metrics.kind_mismatches.labels(source=evidence["source"]).inc()
         log.warning("kind mismatch", **evidence, policy=s.settings.kind_policy)
-        await s.writer.put(KindEvidenceOp(self.conn.pile_id, json.dumps(evidence)))
+        await s.writer.put(
+            KindEvidenceOp(self.conn.pile_id, json.dumps(evidence)),
+            *s.events.op(
+                "pile.kind_mismatch", self.conn.pile_id, s.clock(), KindMismatch(evidence=evidence)
+            ),
+        )
 
     async def data_transfer(self, p: dict[str, Any]) -> dict[str, Any]:
         vendor = p["vendorId"]

@@ -20,7 +20,7 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -32,6 +32,9 @@ import pileid
 from pileid import PileId, PileIdError
 
 from ..services import Services
+
+if TYPE_CHECKING:
+    from ..mqtt import MqttBridge
 from .connection import OcppConnection, new_conn_id, shared_validator
 
 log = structlog.get_logger("pilegate.ocpp")
@@ -86,8 +89,10 @@ class OcppServer:
         self,
         services: Services,
         on_connect: Callable[[OcppConnection], None] | None = None,
+        bridge: MqttBridge | None = None,
     ) -> None:
         self.services = services
+        self._bridge = bridge
         self._on_connect = on_connect
         self._server: Server | None = None
         self._piles: weakref.WeakKeyDictionary[ServerConnection, tuple[PileId, str | None]] = (
@@ -252,6 +257,12 @@ class OcppServer:
         structlog.contextvars.bind_contextvars(pile_id=pile.text, conn_id=conn_id)
         conn = OcppConnection(ws, pile, version, services, model=model, conn_id=conn_id)
         metrics = services.metrics
+        if self._bridge is not None:
+            holder = await services.store.pile_node(pile.text)
+            if holder is not None and holder != services.node_id:
+                # The pile was connected to another node (which may not have
+                # noticed the old link die yet): tell it to let go.
+                await self._bridge.takeover(holder, pile.text)
         old = services.registry.attach(conn)
         self.connections.add(conn)
         services.tracker.add(
@@ -266,12 +277,12 @@ class OcppServer:
             old.offline_reason = "replaced"
             services.tracker.remove(old.conn_id)
             await services.writer.put(
-                old.presence_op(False, "replaced", f"replaced by connection {conn_id}")
+                *old.presence_ops(False, "replaced", f"replaced by connection {conn_id}")
             )
             services.spawn(old.close("replaced", 1000), f"close-replaced-{old.conn_id}")
             log.info("connection replaced", old_conn_id=old.conn_id)
         await services.writer.put(
-            conn.presence_op(True, "connected", f"{ws.remote_address} {conn.protocol}")
+            *conn.presence_ops(True, "connected", f"{ws.remote_address} {conn.protocol}")
         )
         metrics.connects.labels(protocol=conn.protocol).inc()
         metrics.connected_piles.labels(protocol=conn.protocol, kind=conn.kind).inc()
@@ -293,7 +304,7 @@ class OcppServer:
             reason, detail = conn.end_reason()
             metrics.disconnects.labels(protocol=conn.protocol, reason=reason).inc()
             if services.registry.detach(conn):
-                await services.writer.put(conn.presence_op(False, reason, detail))
+                await services.writer.put(*conn.presence_ops(False, reason, detail))
             log.info("disconnected", reason=reason, detail=detail)
             structlog.contextvars.unbind_contextvars("pile_id", "conn_id")
 

@@ -296,3 +296,30 @@ class ChargerMessage(Base):
     status: Mapped[str | None] = mapped_column(String(48))
     data: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OutboxEvent(Base):
+    """Transactional outbox: events written with the data they describe and
+    deleted once published to MQTT (at least once, in id order per node)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_node_id", "node_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    node_id: Mapped[str] = mapped_column(String(64))
+    pile_id: Mapped[str] = mapped_column(String(20))
+    topic: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    retain: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Node(Base):
+    """A gateway process sharing the database; its lease is its heartbeat."""
+
+    __tablename__ = "nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -7,6 +7,7 @@ lazily load or accidentally write through a session.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from .models import (
     Gun,
     MeterValue,
     OrphanStop,
+    OutboxEvent,
     Pile,
     PresenceEvent,
     Token,
@@ -173,6 +175,31 @@ class ChargerMessageRecord:
 
 def _copy(cls: type[Any], row: Any) -> Any:
     return cls(**{name: getattr(row, name) for name in cls.__slots__})
+
+
+EventRows = Callable[[TransactionRecord], tuple[tuple[str, str, str, bool], ...]]
+
+
+def _add_outbox(
+    s: AsyncSession,
+    node_id: str,
+    pile_id: str,
+    at: datetime,
+    rows: tuple[tuple[str, str, str, bool], ...],
+) -> None:
+    """Outbox rows in the caller's transaction (atomic with the data)."""
+    for event_id, topic, payload, retain in rows:
+        s.add(
+            OutboxEvent(
+                event_id=event_id,
+                node_id=node_id,
+                pile_id=pile_id,
+                topic=topic,
+                payload=payload,
+                retain=retain,
+                created_at=at,
+            )
+        )
 
 
 def _pile(row: Pile) -> PileRecord:
@@ -438,11 +465,51 @@ class Store:
         reservation_id: int | None,
         now: datetime,
         external_id: str | None = None,
+        events: EventRows | None = None,
+        node_id: str = "",
     ) -> tuple[TransactionRecord, bool]:
         """Durably allocate a transaction id; a retransmission gets the same one.
 
         Returns (record, created).
         """
+        async with self._sessions() as s, s.begin():
+            return await self.start_transaction_in(
+                s,
+                pile_id=pile_id,
+                connector_id=connector_id,
+                protocol=protocol,
+                id_tag=id_tag,
+                auth_method=auth_method,
+                offline=offline,
+                auth_status=auth_status,
+                start_at=start_at,
+                meter_start=meter_start,
+                reservation_id=reservation_id,
+                now=now,
+                external_id=external_id,
+                events=events,
+                node_id=node_id,
+            )
+
+    async def start_transaction_in(
+        self,
+        s: AsyncSession,
+        *,
+        pile_id: str,
+        connector_id: int,
+        protocol: str,
+        id_tag: str,
+        auth_method: str,
+        offline: bool,
+        auth_status: str,
+        start_at: datetime,
+        meter_start: int,
+        reservation_id: int | None,
+        now: datetime,
+        external_id: str | None = None,
+        events: EventRows | None = None,
+        node_id: str = "",
+    ) -> tuple[TransactionRecord, bool]:
         values = {
             "pile_id": pile_id,
             "connector_id": connector_id,
@@ -459,21 +526,23 @@ class Store:
             "created_at": now,
             "updated_at": now,
         }
-        async with self._sessions() as s, s.begin():
-            res = await s.execute(insert_ignore(s, Transaction, [values]))
-            created = bool(res.rowcount)  # type: ignore[attr-defined]
-            if external_id is not None:
-                key = (Transaction.pile_id == pile_id) & (Transaction.external_id == external_id)
-            else:
-                key = (
-                    (Transaction.pile_id == pile_id)
-                    & (Transaction.connector_id == connector_id)
-                    & (Transaction.start_at == start_at)
-                    & (Transaction.meter_start == meter_start)
-                    & (Transaction.id_tag == id_tag)
-                )
-            row = (await s.scalars(select(Transaction).where(key))).one()
-            return _copy(TransactionRecord, row), created
+        res = await s.execute(insert_ignore(s, Transaction, [values]))
+        created = bool(res.rowcount)  # type: ignore[attr-defined]
+        if external_id is not None:
+            key = (Transaction.pile_id == pile_id) & (Transaction.external_id == external_id)
+        else:
+            key = (
+                (Transaction.pile_id == pile_id)
+                & (Transaction.connector_id == connector_id)
+                & (Transaction.start_at == start_at)
+                & (Transaction.meter_start == meter_start)
+                & (Transaction.id_tag == id_tag)
+            )
+        row = (await s.scalars(select(Transaction).where(key))).one()
+        rec: TransactionRecord = _copy(TransactionRecord, row)
+        if created and events is not None:
+            _add_outbox(s, node_id, rec.pile_id, now, events(rec))
+        return rec, created
 
     async def stop_transaction(
         self,
@@ -488,42 +557,80 @@ class Store:
         samples: list[dict[str, Any]],
         now: datetime,
         raw_payload: str,
+        events: EventRows | None = None,
+        node_id: str = "",
     ) -> TransactionRecord | None:
         """Complete a transaction with its final samples, in one database
         transaction. Returns None (and records an orphan stop) when the id is
         unknown for this pile. Idempotent: a repeated stop changes nothing."""
         async with self._sessions() as s, s.begin():
-            row = await s.get(Transaction, transaction_id, with_for_update=True)
-            if row is None or row.pile_id != pile_id:
-                s.add(
-                    OrphanStop(
-                        pile_id=pile_id,
-                        transaction_id=transaction_id,
-                        id_tag=stop_id_tag,
-                        stop_at=stop_at,
-                        meter_stop=meter_stop,
-                        reason=reason,
-                        payload=raw_payload,
-                        received_at=now,
-                    )
+            return await self.stop_transaction_in(
+                s,
+                pile_id=pile_id,
+                transaction_id=transaction_id,
+                stop_at=stop_at,
+                meter_stop=meter_stop,
+                reason=reason,
+                stop_id_tag=stop_id_tag,
+                stop_offline=stop_offline,
+                samples=samples,
+                now=now,
+                raw_payload=raw_payload,
+                events=events,
+                node_id=node_id,
+            )
+
+    async def stop_transaction_in(
+        self,
+        s: AsyncSession,
+        *,
+        pile_id: str,
+        transaction_id: int,
+        stop_at: datetime,
+        meter_stop: int,
+        reason: str | None,
+        stop_id_tag: str | None,
+        stop_offline: bool,
+        samples: list[dict[str, Any]],
+        now: datetime,
+        raw_payload: str,
+        events: EventRows | None = None,
+        node_id: str = "",
+    ) -> TransactionRecord | None:
+        row = await s.get(Transaction, transaction_id, with_for_update=True)
+        if row is None or row.pile_id != pile_id:
+            s.add(
+                OrphanStop(
+                    pile_id=pile_id,
+                    transaction_id=transaction_id,
+                    id_tag=stop_id_tag,
+                    stop_at=stop_at,
+                    meter_stop=meter_stop,
+                    reason=reason,
+                    payload=raw_payload,
+                    received_at=now,
                 )
-                if samples:
-                    await s.execute(insert_ignore(s, MeterValue, samples))
-                return None
-            if row.status != "completed":
-                row.stop_at = stop_at
-                row.meter_stop = meter_stop
-                row.energy_wh = max(0, meter_stop - row.meter_start)
-                row.stop_reason = reason
-                row.stop_id_tag = stop_id_tag
-                row.stop_offline = stop_offline
-                row.status = "completed"
-                row.updated_at = now
+            )
             if samples:
                 await s.execute(insert_ignore(s, MeterValue, samples))
-            await s.flush()
-            rec: TransactionRecord = _copy(TransactionRecord, row)
-            return rec
+            return None
+        first_stop = row.status != "completed"
+        if first_stop:
+            row.stop_at = stop_at
+            row.meter_stop = meter_stop
+            row.energy_wh = max(0, meter_stop - row.meter_start)
+            row.stop_reason = reason
+            row.stop_id_tag = stop_id_tag
+            row.stop_offline = stop_offline
+            row.status = "completed"
+            row.updated_at = now
+        if samples:
+            await s.execute(insert_ignore(s, MeterValue, samples))
+        await s.flush()
+        rec: TransactionRecord = _copy(TransactionRecord, row)
+        if first_stop and events is not None:
+            _add_outbox(s, node_id, rec.pile_id, now, events(rec))
+        return rec
 
     async def get_transaction(self, transaction_id: int) -> TransactionRecord | None:
         async with self._sessions() as s:
@@ -671,3 +778,140 @@ class Store:
                 .values(kind_mismatch=False, kind_mismatch_evidence=None)
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # --- outbox --------------------------------------------------------------
+    async def outbox_batch(self, node_id: str, limit: int) -> list[tuple[int, str, str, bool]]:
+        """The oldest unpublished events of this node: (id, topic, payload, retain)."""
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(OutboxEvent.id, OutboxEvent.topic, OutboxEvent.payload, OutboxEvent.retain)
+                .where(OutboxEvent.node_id == node_id)
+                .order_by(OutboxEvent.id)
+                .limit(limit)
+            )
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def outbox_delete(self, ids: list[int]) -> None:
+        from sqlalchemy import delete
+
+        async with self._sessions() as s, s.begin():
+            await s.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
+
+    async def outbox_stats(self, node_id: str) -> tuple[int, datetime | None]:
+        """(rows waiting, creation time of the oldest) for this node."""
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(func.count(), func.min(OutboxEvent.created_at)).where(
+                        OutboxEvent.node_id == node_id
+                    )
+                )
+            ).one()
+            oldest = row[1]
+            if isinstance(oldest, datetime) and oldest.tzinfo is None:
+                from datetime import UTC
+
+                oldest = oldest.replace(tzinfo=UTC)
+            return int(row[0]), oldest
+
+    # --- nodes ---------------------------------------------------------------
+    async def node_heartbeat(self, node_id: str, now: datetime) -> None:
+        from .models import Node
+
+        async with self._sessions() as s, s.begin():
+            node = await s.get(Node, node_id)
+            if node is None:
+                s.add(Node(node_id=node_id, started_at=now, heartbeat_at=now))
+            else:
+                node.heartbeat_at = now
+
+    async def live_nodes(self, now: datetime, lease: float) -> list[str]:
+        from datetime import timedelta
+
+        from .models import Node
+
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(Node.node_id).where(Node.heartbeat_at >= now - timedelta(seconds=lease))
+            )
+            return list(rows)
+
+    async def pile_node(self, pile_id: str) -> str | None:
+        """The node that holds the pile's connection, if it is online."""
+        async with self._sessions() as s:
+            row = (
+                await s.execute(select(Pile.online, Pile.node_id).where(Pile.pile_id == pile_id))
+            ).first()
+            return row[1] if row is not None and row[0] else None
+
+    async def release_node_piles(
+        self,
+        dead_node: str,
+        now: datetime,
+        reason: str,
+        adopter: str,
+        events: Callable[[str, datetime], tuple[tuple[str, str, str, bool], ...]] | None,
+        *,
+        cutoff: datetime | None = None,
+    ) -> list[str] | None:
+        """Mark the piles a node held offline and adopt its unpublished events.
+
+        With ``cutoff`` the node row is deleted only if its heartbeat is older
+        (a dead node; several survivors may race, exactly one wins and does
+        the work; the others get None). Without it (this node restarting
+        under the same name), the node's piles are released unconditionally.
+        """
+        from sqlalchemy import delete
+
+        from .models import Node
+
+        async with self._sessions() as s, s.begin():
+            if cutoff is not None:
+                res = await s.execute(
+                    delete(Node).where(Node.node_id == dead_node, Node.heartbeat_at < cutoff)
+                )
+                if not res.rowcount:  # type: ignore[attr-defined]
+                    return None
+            piles = list(
+                await s.scalars(
+                    select(Pile.pile_id).where(Pile.node_id == dead_node, Pile.online.is_(True))
+                )
+            )
+            for pile_id in piles:
+                s.add(
+                    PresenceEvent(
+                        pile_id=pile_id,
+                        at=now,
+                        online=False,
+                        reason=reason,
+                        detail=f"node {dead_node} lost" if cutoff else "node restarted",
+                        connection_id=None,
+                        node_id=adopter,
+                    )
+                )
+                if events is not None:
+                    _add_outbox(s, adopter, pile_id, now, events(pile_id, now))
+            if piles:
+                await s.execute(
+                    update(Pile)
+                    .where(Pile.node_id == dead_node, Pile.online.is_(True))
+                    .values(online=False, online_since=None, node_id=None)
+                )
+            if dead_node != adopter:
+                await s.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.node_id == dead_node)
+                    .values(node_id=adopter)
+                )
+            return piles
+
+    async def dead_nodes(self, now: datetime, lease: float) -> list[str]:
+        from datetime import timedelta
+
+        from .models import Node
+
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(Node.node_id).where(Node.heartbeat_at < now - timedelta(seconds=lease))
+            )
+            return list(rows)

@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.logging import get_logger
 
-from .models import ChargerMessage, Gun, GunStatusEvent, MeterValue, Pile, PresenceEvent
+from .models import (
+    ChargerMessage,
+    Gun,
+    GunStatusEvent,
+    MeterValue,
+    OutboxEvent,
+    Pile,
+    PresenceEvent,
+)
 
 log = get_logger("pilegate.storage")
 
@@ -105,11 +113,40 @@ class KindEvidenceOp:
     evidence: str  # JSON object
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxOp:
+    """Events to publish; enqueued in the same ``put`` as the data they
+    describe, so both land in the same database transaction."""
+
+    node_id: str
+    pile_id: str
+    rows: tuple[tuple[str, str, str, bool], ...]  # (event_id, topic, payload, retain)
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DurableOp:
+    """A write the caller awaits (a transaction id before the reply): it runs
+    in order with the queued writes, inside the batch transaction, and its
+    future is resolved only after that transaction committed. ``fn`` must
+    be idempotent: a failed batch is retried as a whole."""
+
+    fn: Callable[[AsyncSession], Awaitable[Any]]
+    future: asyncio.Future[Any]
+
+
 # Evidence entries kept per pile (oldest dropped first).
 KIND_EVIDENCE_MAX = 20
 
 WriteOp = (
-    PresenceOp | GunStatusOp | MeterSampleOp | ChargerMessageOp | PileUpdateOp | KindEvidenceOp
+    PresenceOp
+    | GunStatusOp
+    | MeterSampleOp
+    | ChargerMessageOp
+    | PileUpdateOp
+    | KindEvidenceOp
+    | OutboxOp
+    | DurableOp
 )
 
 
@@ -158,7 +195,10 @@ class WriteBehind:
         metrics: Any = None,
     ) -> None:
         self._sessions = sessions
-        self._queue: deque[WriteOp] = deque()
+        # Groups of operations: one group per put() call, never split across
+        # two database transactions (data and its outbox events stay atomic).
+        self._queue: deque[tuple[WriteOp, ...]] = deque()
+        self._queued_ops = 0
         self._last_seen: dict[str, datetime] = {}
         self._max_items = max_items
         self._batch_max = batch_max
@@ -172,10 +212,11 @@ class WriteBehind:
         self._done = 0  # sequence number of the last flushed op
         self._closed = False
         self._flush_lock = asyncio.Lock()
+        self.on_flush: Callable[[], None] | None = None
         self.failures = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._queued_ops
 
     # --- producers -----------------------------------------------------------
     def touch(self, pile_id: str, at: datetime) -> None:
@@ -187,15 +228,25 @@ class WriteBehind:
     async def put(self, *ops: WriteOp) -> None:
         if self._closed:
             raise RuntimeError("write queue is closed")
-        while len(self._queue) >= self._max_items:
+        if not ops:
+            return
+        while self._queued_ops >= self._max_items:
             self._space.clear()
             self._wakeup.set()
             await self._space.wait()
-        self._queue.extend(ops)
-        self._enqueued += len(ops)
+        self._queue.append(ops)
+        self._queued_ops += len(ops)
+        self._enqueued += 1
         self._report_depth()
-        if len(self._queue) >= self._batch_max:
+        if self._queued_ops >= self._batch_max or any(type(op) is DurableOp for op in ops):
             self._wakeup.set()
+
+    async def call(self, fn: Callable[[AsyncSession], Awaitable[Any]], *ops: WriteOp) -> Any:
+        """Run ``fn`` in order with the queue and return its result once
+        committed (with ``ops`` enqueued in the same group, atomically)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.put(*ops, DurableOp(fn, fut))
+        return await fut
 
     async def barrier(self) -> None:
         """Wait until everything enqueued before this call is in the database."""
@@ -228,12 +279,15 @@ class WriteBehind:
 
     async def _flush(self) -> None:
         while self._queue or self._last_seen:
-            n = min(len(self._queue), self._batch_max)
-            batch = [self._queue[i] for i in range(n)]
+            n = 0  # groups in this batch
+            batch: list[WriteOp] = []
+            while n < len(self._queue) and (not batch or len(batch) < self._batch_max):
+                batch.extend(self._queue[n])
+                n += 1
             seen, self._last_seen = self._last_seen, {}
             started = time.perf_counter()
             try:
-                await self._write(batch, seen)
+                resolved = await self._write(batch, seen)
             except Exception:
                 # Keep the data: put "last seen" back and retry the batch on
                 # the next round (the database may be restarting).
@@ -243,26 +297,39 @@ class WriteBehind:
                 log.exception("write batch failed; will retry", ops=len(batch))
                 await asyncio.sleep(min(5.0, 0.2 * self.failures))
                 if self._closed and self.failures > 50:
-                    log.error("giving up on queued writes at shutdown", lost=len(self._queue))
+                    log.error("giving up on queued writes at shutdown", lost=self._queued_ops)
+                    for group in self._queue:
+                        for op in group:
+                            if type(op) is DurableOp and not op.future.done():
+                                op.future.set_exception(RuntimeError("database unavailable"))
                     return
                 continue
             self.failures = 0
+            for fut, value in resolved:
+                if not fut.done():
+                    fut.set_result(value)
             for _ in range(n):
                 self._queue.popleft()
+            self._queued_ops -= len(batch)
             if self._metrics is not None:
                 self._metrics.storage_flush_seconds.observe(time.perf_counter() - started)
             self._report_depth()
-            if len(self._queue) < self._max_items:
+            if self._queued_ops < self._max_items:
                 self._space.set()
             async with self._flushed:
                 self._done += n
                 self._flushed.notify_all()
+            if self.on_flush is not None:
+                self.on_flush()
 
     def _report_depth(self) -> None:
         if self._metrics is not None:
-            self._metrics.storage_queue_depth.set(len(self._queue))
+            self._metrics.storage_queue_depth.set(self._queued_ops)
 
-    async def _write(self, batch: list[WriteOp], seen: dict[str, datetime]) -> None:
+    async def _write(
+        self, batch: list[WriteOp], seen: dict[str, datetime]
+    ) -> list[tuple[asyncio.Future[Any], Any]]:
+        resolved: list[tuple[asyncio.Future[Any], Any]] = []
         async with self._sessions() as s, s.begin():
             meters: list[dict[str, Any]] = []
 
@@ -299,6 +366,21 @@ class WriteBehind:
                     )
                 elif isinstance(op, ChargerMessageOp):
                     s.add(ChargerMessage(**_fields(op)))
+                elif isinstance(op, DurableOp):
+                    resolved.append((op.future, await op.fn(s)))
+                elif isinstance(op, OutboxOp):
+                    for event_id, topic, payload, retain in op.rows:
+                        s.add(
+                            OutboxEvent(
+                                event_id=event_id,
+                                node_id=op.node_id,
+                                pile_id=op.pile_id,
+                                topic=topic,
+                                payload=payload,
+                                retain=retain,
+                                created_at=op.created_at,
+                            )
+                        )
                 elif isinstance(op, KindEvidenceOp):
                     current = await s.scalar(
                         select(Pile.kind_mismatch_evidence).where(Pile.pile_id == op.pile_id)
@@ -326,6 +408,7 @@ class WriteBehind:
                     .where((Pile.last_seen.is_(None)) | (Pile.last_seen < at))
                     .values(last_seen=at)
                 )
+        return resolved
 
     @staticmethod
     async def _presence(s: AsyncSession, op: PresenceOp) -> None:
@@ -350,9 +433,18 @@ class WriteBehind:
                 .where(Pile.pile_id == op.pile_id, Pile.first_seen.is_(None))
                 .values(first_seen=op.at)
             )
-        else:
-            values.update(online_since=None, node_id=None)
-        await s.execute(update(Pile).where(Pile.pile_id == op.pile_id).values(values))
+            await s.execute(update(Pile).where(Pile.pile_id == op.pile_id).values(values))
+            return
+        # Offline only if this node still holds the pile: after a takeover by
+        # another node, the old node's late "offline" must not hide the new
+        # connection.
+        values.update(online_since=None, node_id=None)
+        await s.execute(
+            update(Pile)
+            .where(Pile.pile_id == op.pile_id)
+            .where((Pile.node_id == op.node_id) | Pile.node_id.is_(None))
+            .values(values)
+        )
 
 
 def _fields(op: Any) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""Turns domain happenings into outbox rows (see gateway.events).
+
+Disabled (every method returns nothing) when no MQTT broker is configured,
+so a single gateway on SQLite does not grow an outbox nobody drains.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from .events import (
+    EventType,
+    Presence,
+    dumps,
+    event_topic,
+    new_event,
+    presence_topic,
+)
+from .storage.writer import OutboxOp
+
+
+class EventSink:
+    def __init__(self, node_id: str, prefix: str, enabled: bool) -> None:
+        self.node_id = node_id
+        self.prefix = prefix
+        self.enabled = enabled
+
+    def op(
+        self,
+        type_: EventType,
+        pile_id: str,
+        at: datetime,
+        data: BaseModel,
+        *,
+        presence: Presence | None = None,
+    ) -> tuple[OutboxOp, ...]:
+        """The outbox operation for one event (empty when events are off),
+        to be enqueued in the same ``WriteBehind.put`` as its data."""
+        if not self.enabled:
+            return ()
+        return (OutboxOp(self.node_id, pile_id, self.rows(type_, pile_id, at, data, presence), at),)
+
+    def rows(
+        self,
+        type_: EventType,
+        pile_id: str,
+        at: datetime,
+        data: BaseModel,
+        presence: Presence | None = None,
+    ) -> tuple[tuple[str, str, str, bool], ...]:
+        event = new_event(type_, pile_id, at, self.node_id, data)
+        rows = [(event.id, event_topic(self.prefix, pile_id, type_), dumps(event), False)]
+        if presence is not None:
+            rows.append(
+                (str(uuid.uuid4()), presence_topic(self.prefix, pile_id), dumps(presence), True)
+            )
+        return tuple(rows)
