@@ -71,7 +71,10 @@ def test_serve_without_token_refuses_to_start(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILEGATE_")}
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--api-port", "0"],
-        env=env, capture_output=True, timeout=60, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert b"api_token is required" in proc.stderr
@@ -82,11 +85,15 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILEGATE_")}
     cur = subprocess.run(
         [sys.executable, "-m", "gateway", "db", "current", "--database-url", url],
-        env=env, capture_output=True, timeout=60,
+        env=env,
+        capture_output=True,
+        timeout=60,
     )
     assert cur.returncode == 1 and b"(empty)" in cur.stdout
     up = subprocess.run(
         [sys.executable, "-m", "gateway", "db", "upgrade", "--database-url", url],
-        env=env, capture_output=True, timeout=60,
+        env=env,
+        capture_output=True,
+        timeout=60,
     )
     assert up.returncode == 0 and b"up to date" in up.stdout, up.stderr

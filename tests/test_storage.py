@@ -58,7 +58,10 @@ async def test_register_and_read_pile(store: Store) -> None:
     pid = pileid.parse_pile_id("44030800010000200005")
     rec = await store.register_pile(pid, T0, vendor="DLH", model="XD120")
     assert (rec.region_code, rec.operator_code, rec.kind, rec.serial) == (
-        "440308", "0001", "DC", "00005",
+        "440308",
+        "0001",
+        "DC",
+        "00005",
     )
     got = await store.get_pile("44030800010000200005")
     assert got == rec

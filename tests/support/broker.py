@@ -50,7 +50,9 @@ class PrivateBroker:
 
     async def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(
+        # Popen returns at once (it does not wait for the broker); the port
+        # poll below is the async wait.
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
             [binary, "-c", str(self.dir / "mosquitto.conf")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
