@@ -7,7 +7,7 @@ naming what was wrong, for every status the API returns.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -40,6 +40,7 @@ class ApiContext:
     clock: Any  # () -> aware UTC datetime
     services: Services
     commands: CommandService
+    extensions: list[Any] = field(default_factory=list)
 
 
 class ApiError(HTTPException):
@@ -280,4 +281,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return [PresenceOut.of(r) for r in rows]
 
     app.include_router(build_router(ctx, api))
+    for ext in ctx.extensions:
+        router = ext.router(ctx, api)
+        if router is not None:
+            app.include_router(router)
     return app

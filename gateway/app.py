@@ -20,6 +20,7 @@ import uvicorn
 
 from sessions.presence import DeclareOffline, PresencePolicy, PresenceTracker, SendPing
 
+from . import extensions
 from .api import ApiContext, create_app
 from .clock import Clock, utcnow
 from .commands import CommandService
@@ -60,6 +61,7 @@ class Gateway:
         self.bridge: MqttBridge | None = None
         self._mqtt_task: asyncio.Task[Any] | None = None
         self._lease_task: asyncio.Task[Any] | None = None
+        self.extensions: list[extensions.Extension] = []
         self._api: _EmbeddedServer | None = None
         self._ticker: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -117,6 +119,9 @@ class Gateway:
             self.writer.on_flush = self.bridge.notify
             self._mqtt_task = self.spawn(self.bridge.run(), "mqtt-bridge")
         self._lease_task = self.spawn(self._node_leases(), "node-leases")
+        self.extensions = extensions.build(self.services, self.commands)
+        for ext in self.extensions:
+            await ext.start()
         self.ocpp = OcppServer(
             self.services, on_connect=self.commands.pile_connected, bridge=self.bridge
         )
@@ -130,6 +135,7 @@ class Gateway:
                 clock=self.clock,
                 services=self.services,
                 commands=self.commands,
+                extensions=self.extensions,
             )
         )
         config = uvicorn.Config(
@@ -250,6 +256,11 @@ class Gateway:
         for task in (self._ticker, self._lease_task):
             if task is not None:
                 task.cancel()
+        for ext in reversed(self.extensions):
+            try:
+                await asyncio.wait_for(ext.stop(), grace)
+            except Exception:
+                log.exception("extension did not stop cleanly", extension=type(ext).__name__)
         if self.ocpp is not None:
             # Stop accepting, then close every charger with 1001 (going away);
             # their offline events ("gateway_shutdown") go into the queue.

@@ -15,6 +15,7 @@ from .clock import Clock
 from .config import Settings
 from .eventbus import EventSink
 from .metrics import Metrics
+from .observers import Observers
 from .passwords import VerifiedCache
 from .registry import Registry
 from .storage.repo import Store
@@ -84,6 +85,7 @@ class Services:
     events: EventSink
     remote_starts: RemoteStarts = field(default_factory=RemoteStarts)
     verified: VerifiedCache = field(default_factory=VerifiedCache)
+    observers: Observers = field(default_factory=Observers)
 
     @property
     def node_id(self) -> str:

@@ -171,6 +171,9 @@ class OcppHandlers:
         self.conn.boot_rejected = status == "Rejected"
         if self.conn.conn_id in s.tracker:
             s.tracker.set_heartbeat_interval(self.conn.conn_id, float(settings.heartbeat_interval))
+        s.observers.pile_booted(
+            self.conn.pile_id, values["firmware_version"], model, status == "Accepted"
+        )
         if status == "Accepted" and settings.kind_config_keys:
             s.spawn(self._probe_kind(), f"kind-probe-{self.conn.conn_id}")
         s.metrics.boots.labels(status=status).inc()
@@ -209,6 +212,7 @@ class OcppHandlers:
             at=at,
             received_at=now,
         )
+        self.s.observers.gun_status(self.conn.pile_id, connector, op.status)
         await self.s.writer.put(
             op,
             *self.s.events.op(
@@ -513,6 +517,7 @@ class OcppHandlers:
         return {}
 
     async def firmware_status(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.s.observers.firmware_status(self.conn.pile_id, p["status"], self.conn.protocol)
         return await self._status_message("FirmwareStatusNotification", p["status"])
 
     async def diagnostics_status(self, p: dict[str, Any]) -> dict[str, Any]:

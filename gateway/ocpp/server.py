@@ -294,6 +294,7 @@ class OcppServer:
         )
         if self._on_connect is not None:
             self._on_connect(conn)
+        services.observers.pile_connected(conn)
         try:
             await conn.run()
         finally:
@@ -305,6 +306,7 @@ class OcppServer:
             metrics.disconnects.labels(protocol=conn.protocol, reason=reason).inc()
             if services.registry.detach(conn):
                 await services.writer.put(*conn.presence_ops(False, reason, detail))
+                services.observers.pile_disconnected(conn.pile_id, conn.conn_id)
             log.info("disconnected", reason=reason, detail=detail)
             structlog.contextvars.unbind_contextvars("pile_id", "conn_id")
 

@@ -323,3 +323,72 @@ class Node(Base):
     node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TokenBinding(Base):
+    """Restricts a token to given piles and/or operators (none = everywhere)."""
+
+    __tablename__ = "token_bindings"
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    id_tag: Mapped[str] = mapped_column(
+        String(20), ForeignKey("tokens.id_tag", ondelete="CASCADE"), index=True
+    )
+    pile_id: Mapped[str | None] = mapped_column(String(20))
+    operator_code: Mapped[str | None] = mapped_column(String(4))
+
+
+class WhitelistRow(Base):
+    __tablename__ = "whitelists"
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WhitelistToken(Base):
+    __tablename__ = "whitelist_tokens"
+
+    whitelist_id: Mapped[int] = mapped_column(
+        _BIGID, ForeignKey("whitelists.id", ondelete="CASCADE"), primary_key=True
+    )
+    id_tag: Mapped[str] = mapped_column(
+        String(20), ForeignKey("tokens.id_tag", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class WhitelistAssignment(Base):
+    """One assignment rule of a list (JSON arrays; see sessions.whitelist.Assignment)."""
+
+    __tablename__ = "whitelist_assignments"
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    whitelist_id: Mapped[int] = mapped_column(
+        _BIGID, ForeignKey("whitelists.id", ondelete="CASCADE"), index=True
+    )
+    pile_ids: Mapped[str] = mapped_column(Text)
+    operators: Mapped[str] = mapped_column(Text)
+    region_prefixes: Mapped[str] = mapped_column(Text)
+    kinds: Mapped[str] = mapped_column(Text)
+
+
+class PileWhitelistState(Base):
+    """Per pile: the list it should hold and the one it confirmed holding."""
+
+    __tablename__ = "pile_whitelists"
+
+    pile_id: Mapped[str] = mapped_column(
+        String(20), ForeignKey("piles.pile_id", ondelete="CASCADE"), primary_key=True
+    )
+    desired_version: Mapped[int] = mapped_column(Integer)
+    desired_hash: Mapped[str] = mapped_column(String(64))
+    desired_count: Mapped[int] = mapped_column(Integer)
+    held_version: Mapped[int | None] = mapped_column(Integer)
+    held_entries: Mapped[str | None] = mapped_column(Text)  # JSON, as confirmed by the pile
+    status: Mapped[str] = mapped_column(String(16))  # in_sync | pending | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    capacity: Mapped[int | None] = mapped_column(Integer)
+    max_chunk: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
