@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
 import httpx
 import orjson
-import pytest
 
 from gateway.events import PAYLOADS, Event, Presence
 from tests.support.broker import SYSTEM_BROKER, Collector, free_port, private_broker, unique_prefix
@@ -115,47 +113,46 @@ async def test_event_stream_of_a_scripted_charge(database_url: str) -> None:
     # retained: a late subscriber learns the current presence at once
     async with Collector(SYSTEM_BROKER, f"{prefix}/piles/{AC}/presence") as late:
         await late.wait_for(lambda c: len(c.messages) == 1)
-        topic, payload, retained = late.messages[0]
+        _topic, payload, retained = late.messages[0]
         assert retained and payload["online"] is False and payload["reason"] == "closed_clean"
 
 
 async def test_broker_restart_loses_no_event(database_url: str) -> None:
     prefix = unique_prefix()
-    async with private_broker() as broker:
-        async with running_gateway(
-            database_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix
-        ) as gw:
-            assert gw.bridge is not None
-            await asyncio.wait_for(gw.bridge.connected.wait(), 10)
-            broker.stop()
-            # the gateway keeps serving chargers while the broker is away
-            await scripted_charge(gw.ocpp_port)
-            await flushed(gw)
-            await gw.bridge.refresh_backlog_metrics()
-            async with api_client(gw) as api:
-                metrics = (await api.get("/metrics")).text
-            backlog = next(
-                float(line.split()[1])
-                for line in metrics.splitlines()
-                if line.startswith("pilegate_outbox_backlog ")
-            )
-            assert backlog >= 7
-            assert "pilegate_mqtt_connected 0.0" in metrics
-            await broker.start()
-            async with Collector(broker.url, f"{prefix}/#") as sub:
-                await sub.wait_for(lambda c: len(c.events()) >= 7, timeout=60)
-                events = validated(sub.events())
-            assert [e.type for e in events][:7] == [
-                "pile.connected",
-                "pile.boot",
-                "gun.status",
-                "transaction.started",
-                "meter.samples",
-                "transaction.stopped",
-                "pile.disconnected",
-            ]
-            await gw.bridge.refresh_backlog_metrics()
-            assert gw.metrics.outbox_backlog._value.get() == 0
+    async with private_broker() as broker, running_gateway(
+        database_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix
+    ) as gw:
+        assert gw.bridge is not None
+        await asyncio.wait_for(gw.bridge.connected.wait(), 10)
+        broker.stop()
+        # the gateway keeps serving chargers while the broker is away
+        await scripted_charge(gw.ocpp_port)
+        await flushed(gw)
+        await gw.bridge.refresh_backlog_metrics()
+        async with api_client(gw) as api:
+            metrics = (await api.get("/metrics")).text
+        backlog = next(
+            float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("pilegate_outbox_backlog ")
+        )
+        assert backlog >= 7
+        assert "pilegate_mqtt_connected 0.0" in metrics
+        await broker.start()
+        async with Collector(broker.url, f"{prefix}/#") as sub:
+            await sub.wait_for(lambda c: len(c.events()) >= 7, timeout=60)
+            events = validated(sub.events())
+        assert [e.type for e in events][:7] == [
+            "pile.connected",
+            "pile.boot",
+            "gun.status",
+            "transaction.started",
+            "meter.samples",
+            "transaction.stopped",
+            "pile.disconnected",
+        ]
+        await gw.bridge.refresh_backlog_metrics()
+        assert gw.metrics.outbox_backlog._value.get() == 0
 
 
 async def test_events_survive_a_gateway_restart(pg_url: str) -> None:
@@ -169,9 +166,10 @@ async def test_events_survive_a_gateway_restart(pg_url: str) -> None:
             broker.stop()
             await scripted_charge(gw.ocpp_port)
         await broker.start()
-        async with Collector(broker.url, f"{prefix}/#") as sub:
-            async with running_gateway(pg_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix):
-                await sub.wait_for(lambda c: len(c.events()) >= 7, timeout=30)
+        async with Collector(broker.url, f"{prefix}/#") as sub, running_gateway(
+            pg_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix
+        ):
+            await sub.wait_for(lambda c: len(c.events()) >= 7, timeout=30)
         assert [e.type for e in validated(sub.events())][-1] == "pile.disconnected"
 
 
