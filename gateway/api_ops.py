@@ -210,32 +210,6 @@ def build_router(ctx: ApiContext, dependencies: list[Any]) -> APIRouter:
         return [_tx_dict(o) for o in await store.orphan_stops(pile)]
 
     # --- tokens ------------------------------------------------------------------
-    @r.put("/api/tokens/{id_tag}", tags=["tokens"])
-    async def put_token(id_tag: str, body: TokenIn) -> JSONResponse:
-        if not 1 <= len(id_tag) <= 20:
-            raise ApiError(
-                400, "invalid_token", "idTag must be 1 to 20 characters (OCPP 1.6 CiString20)"
-            )
-        expiry = body.expiry
-        if expiry is not None and expiry.tzinfo is None:
-            raise ApiError(400, "invalid_token", "expiry needs a time zone offset")
-        rec, created = await store.put_token(
-            id_tag,
-            body.type.value,
-            body.status.value,
-            ctx.clock(),
-            expiry=expiry,
-            parent_id_tag=body.parent_id_tag,
-        )
-        return JSONResponse(_tx_dict(rec), status_code=201 if created else 200)
-
-    @r.get("/api/tokens", tags=["tokens"])
-    async def list_tokens(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> list[dict[str, Any]]:
-        return [_tx_dict(t) for t in await store.list_tokens(limit=limit, offset=offset)]
-
     @r.get("/api/tokens/{id_tag}", tags=["tokens"])
     async def get_token(id_tag: str) -> dict[str, Any]:
         rec = await store.get_token(id_tag)

@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     from simulators.cli import register as register_simulator
 
     register_simulator(sub)
+
+    from .cli_whitelist import register as register_whitelist
+
+    register_whitelist(sub)
+    from .cli_firmware import register as register_firmware
+
+    register_firmware(sub)
     return parser
 
 

@@ -39,6 +39,12 @@ OCPP16_COMMANDS = frozenset(
         "UnlockConnector",
         "ChangeAvailability",
         "ClearCache",
+        # Raw access for QA and support; the whitelist and firmware engines
+        # notice what these change (version checks at the next connect).
+        "GetLocalListVersion",
+        "SendLocalList",
+        "UpdateFirmware",
+        "GetDiagnostics",
     }
 )
 

@@ -26,5 +26,12 @@ class Extension(Protocol):
 def build(services: Services, commands: CommandService) -> list[Extension]:
     """Every extension of this build, in start order. Each one that observes
     piles registers itself with ``services.observers``."""
-    extensions: list[Extension] = []
+    from .firmware_service import FirmwareService
+    from .whitelist_service import WhitelistService
+
+    extensions: list[Extension] = [WhitelistService(services, commands)]
+
+    extensions.append(FirmwareService(services, commands))
+    from .cloudboard import CbpServer
+    extensions.append(CbpServer(services, commands))
     return extensions

@@ -124,6 +124,12 @@ class Metrics:
             "Calls sent to chargers and not yet answered",
             registry=r,
         )
+        self.whitelist_status = Counter(
+            "pilegate_whitelist_status_changes",
+            "Whitelist sync status changes reported, by new status",
+            ["status"],
+            registry=r,
+        )
         # labels() costs a lock and a dict lookup; the per-message path keeps
         # its children here.
         self._in_children: dict[str, Any] = {}

@@ -120,11 +120,13 @@ class LiveLine:
     def redraw(self) -> None:
         if self.enabled and self.tty and self.text:
             elapsed = time.monotonic() - self.started
-            line = f"{self.prefix}{self.text}  [{elapsed:5.1f} s]"
-            width = 120
-            with contextlib.suppress(OSError):
+            line = f"{elapsed:6.1f} s  {self.prefix}{self.text}"
+            width = 0
+            with contextlib.suppress(OSError, ValueError):
                 width = os.get_terminal_size(self.stream.fileno()).columns
-            self.stream.write("\r\x1b[K" + line[: max(20, width - 1)])
+            if width < 40:
+                width = 120  # unknown (0) or silly: do not cut the line to nothing
+            self.stream.write("\r\x1b[K" + line[: width - 1])
             self.stream.flush()
 
     def clear(self) -> None:

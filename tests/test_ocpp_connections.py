@@ -42,7 +42,7 @@ async def metric(gw: Gateway, name: str) -> str:
 # --- handshake -----------------------------------------------------------------------
 async def test_invalid_pile_ids_are_refused_before_the_upgrade(gw: Gateway) -> None:
     status, body = await refused(gw.ocpp_port, "4420000001100001")
-    assert status == 400 and "16 digits" in body and "[length]" not in body
+    assert status == 400 and "16 digits" in body and "[rule: length]" in body
     status, body = await refused(gw.ocpp_port, "31010400050000500011")
     assert status == 400 and "kind code `05`" in body
     status, body = await refused(gw.ocpp_port, "3101%200400%200500%200050%200011")

@@ -170,7 +170,8 @@ class OcppServer:
                 conn,
                 HTTPStatus.BAD_REQUEST,
                 f"invalid_pile_id:{rule}",
-                f"invalid pile ID {text!r}: {exc}",
+                f"invalid pile ID {text!r}: {exc} "
+                f"[rule: {', '.join(p.rule.value for p in exc.problems)}]",
                 pile_id=text,
                 rules=[p.rule.value for p in exc.problems],
             )

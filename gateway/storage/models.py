@@ -392,3 +392,90 @@ class PileWhitelistState(Base):
     capacity: Mapped[int | None] = mapped_column(Integer)
     max_chunk: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# --- firmware (issue 6; migration 0005) ----------------------------------------
+class FirmwareImage(Base):
+    """A firmware image: stored under PILEGATE_FIRMWARE_DIR (``path``, relative
+    to it) and served at /firmware-images/{id}/{filename}, or kept elsewhere
+    (``url``); exactly one of the two is set."""
+
+    __tablename__ = "firmware_images"
+    __table_args__ = (Index("ix_fw_images_version", "version"),)
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str | None] = mapped_column(String(255))
+    url: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FirmwareTaskRow(Base):
+    """A firmware task: its spec (JSON, see gateway.firmware_service) and its
+    progress (``record``: firmware.rollout.TaskProgress.to_dict(); the piles'
+    part of the RolloutRecord lives in firmware_task_piles)."""
+
+    __tablename__ = "firmware_tasks"
+    __table_args__ = (Index("ix_fw_tasks_state", "state"),)
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    image_id: Mapped[int | None] = mapped_column(
+        _BIGID, ForeignKey("firmware_images.id", name="fk_fw_tasks_image")
+    )
+    target_version: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    record: Mapped[str] = mapped_column(Text)
+    node_id: Mapped[str | None] = mapped_column(String(64))  # the node driving it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FirmwareTaskPile(Base):
+    """One pile of a task: ``record`` is firmware.PileUpgrade.to_dict(); the
+    other columns repeat parts of it for SQL filtering."""
+
+    __tablename__ = "firmware_task_piles"
+    __table_args__ = (Index("ix_fw_task_piles_pile", "pile_id", "state"),)
+
+    task_id: Mapped[int] = mapped_column(
+        _BIGID,
+        ForeignKey("firmware_tasks.id", ondelete="CASCADE", name="fk_fw_task_piles_task"),
+        primary_key=True,
+    )
+    pile_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)  # rollout order
+    state: Mapped[str] = mapped_column(String(16))
+    wave: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_status: Mapped[str | None] = mapped_column(String(32))
+    first_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    record: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FirmwareEvent(Base):
+    """Audit log of a task: one row per pile transition (firmware.Record) and
+    per task transition (firmware.TaskRecord, ``pile_id`` NULL)."""
+
+    __tablename__ = "firmware_events"
+    __table_args__ = (Index("ix_fw_events_task", "task_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(
+        _BIGID, ForeignKey("firmware_tasks.id", ondelete="CASCADE", name="fk_fw_events_task")
+    )
+    pile_id: Mapped[str | None] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int | None] = mapped_column(Integer)

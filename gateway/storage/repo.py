@@ -915,3 +915,35 @@ class Store:
                 select(Node.node_id).where(Node.heartbeat_at < now - timedelta(seconds=lease))
             )
             return list(rows)
+
+    async def put_tokens_bulk(
+        self, rows: list[tuple[str, str, str, datetime | None, str | None]], now: datetime
+    ) -> tuple[int, int]:
+        """Create or replace many tokens in one transaction:
+        (id_tag, type, status, expiry, parent). Returns (created, updated)."""
+        created = updated = 0
+        async with self._sessions() as s, s.begin():
+            existing = (
+                {
+                    t.id_tag: t
+                    for t in await s.scalars(
+                        select(Token).where(Token.id_tag.in_([r[0] for r in rows]))
+                    )
+                }
+                if len(rows) <= 30000
+                else {}
+            )
+            for id_tag, type_, status, expiry, parent in rows:
+                tok = existing.get(id_tag)
+                if tok is None:
+                    tok = Token(id_tag=id_tag, created_at=now)
+                    s.add(tok)
+                    created += 1
+                else:
+                    updated += 1
+                tok.type = type_
+                tok.status = status
+                tok.expiry = expiry
+                tok.parent_id_tag = parent
+                tok.updated_at = now
+        return created, updated

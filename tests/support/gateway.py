@@ -22,6 +22,8 @@ async def running_gateway(database_url: str, **overrides: Any) -> AsyncIterator[
             "api_port": 0,
             "ocpp_host": "127.0.0.1",
             "ocpp_port": 0,
+            "cbp_host": "127.0.0.1",
+            "cbp_port": 0,
             "api_token": TOKEN,
             "log_level": "warning",
             "shutdown_grace_seconds": 5,
