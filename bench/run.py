@@ -746,7 +746,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Frames every sample shares (the interpreter, asyncio.run, the CLI): left out
 # of the inclusive table, which would otherwise start with ten 100 % rows.
 _ROOT_FRAMES = re.compile(
-    r"^(<module>|main|cmd_serve|run|Runner\.run|BaseEventLoop\.(run_forever|run_until_complete|"
+    r"^(<module>|main|cmd_serve|run|_run_module_as_main|_run_code|Runner\.run|BaseEventLoop\.(run_forever|run_until_complete|"
     r"_run_once)|Thread\.(run|_bootstrap|_bootstrap_inner)) "
 )
 

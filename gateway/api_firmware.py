@@ -12,8 +12,6 @@ persisted records), so any node can answer them.
 
 from __future__ import annotations
 
-import email.message
-import email.utils
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import datetime, time
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
 
 from firmware import (
     PileRow,
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 # Multipart text fields are short (a version, a model); anything longer is a mistake.
 _MAX_FIELD = 4096
-_MAX_PART_HEADERS = 16 * 1024
 
 
 # --- request bodies (pydantic at the edge; values are checked by firmware.task) ---
@@ -200,102 +198,31 @@ def _event_view(e: FirmwareEventRecord) -> dict[str, Any]:
     }
 
 
-# --- multipart/form-data, streamed (no python-multipart dependency) --------------------
-def _header_param(header: str, value: str, param: str) -> str | None:
-    msg = email.message.Message()
-    msg[header] = value
-    raw = msg.get_param(param, header=header)
-    if raw is None or isinstance(raw, str):
-        return raw
-    return email.utils.collapse_rfc2231_value(raw)
-
-
+# --- multipart/form-data (python-multipart, through Starlette) ----------------------------
 async def read_multipart(
     request: Request, upload: ImageUpload
 ) -> tuple[dict[str, str], str | None]:
-    """Stream a multipart/form-data body: the one file part goes into
-    ``upload`` as it arrives, text fields are returned with the file's name."""
-    boundary = _header_param("content-type", request.headers.get("content-type", ""), "boundary")
-    if not boundary or len(boundary) > 70:
-        raise FirmwareError(400, "invalid_upload", "multipart body without a valid boundary")
-    delimiter = b"--" + boundary.encode("latin-1")
-    body_end = b"\r\n" + delimiter
-    buf = bytearray()
-    texts: dict[str, str] = {}
-    filename: str | None = None
-    has_file = False
-    state = "preamble"
-    part_name: str | None = None
-    part_is_file = False
-    value = bytearray()
-
-    def emit(data: bytes) -> None:
-        if part_is_file:
-            upload.write(data)
-            return
-        value.extend(data)
-        if len(value) > _MAX_FIELD:
-            raise FirmwareError(400, "invalid_upload", f"form field {part_name!r} is too long")
-
-    async for chunk in request.stream():
-        buf += chunk
-        while state != "done":
-            if state == "preamble":
-                i = buf.find(delimiter)
-                if i < 0:
-                    del buf[: max(0, len(buf) - len(delimiter))]
-                    break
-                del buf[: i + len(delimiter)]
-                state = "delimiter"
-            elif state == "delimiter":
-                if len(buf) < 2:
-                    break
-                if buf[:2] == b"--":
-                    state = "done"
-                    break
-                if buf[:2] != b"\r\n":
-                    raise FirmwareError(400, "invalid_upload", "malformed multipart delimiter")
-                del buf[:2]
-                state = "headers"
-            elif state == "headers":
-                i = buf.find(b"\r\n\r\n")
-                if i < 0:
-                    if len(buf) > _MAX_PART_HEADERS:
-                        raise FirmwareError(400, "invalid_upload", "multipart headers too long")
-                    break
-                disposition = ""
-                for line in bytes(buf[:i]).decode("utf-8", "replace").split("\r\n"):
-                    key, _, val = line.partition(":")
-                    if key.strip().lower() == "content-disposition":
-                        disposition = val.strip()
-                del buf[: i + 4]
-                part_name = _header_param("content-disposition", disposition, "name")
-                part_file = _header_param("content-disposition", disposition, "filename")
-                part_is_file = part_file is not None
-                if part_is_file:
-                    if has_file:
-                        raise FirmwareError(400, "invalid_upload", "send exactly one file part")
-                    has_file, filename = True, part_file
-                value = bytearray()
-                state = "body"
-            elif state == "body":
-                i = buf.find(body_end)
-                if i < 0:
-                    keep = len(body_end) - 1  # the start of a delimiter may be here
-                    if len(buf) > keep:
-                        emit(bytes(buf[: len(buf) - keep]))
-                        del buf[: len(buf) - keep]
-                    break
-                emit(bytes(buf[:i]))
-                del buf[: i + len(body_end)]
-                if not part_is_file and part_name:
-                    texts[part_name] = value.decode("utf-8", "replace")
-                state = "delimiter"
-    if state != "done":
-        raise FirmwareError(400, "invalid_upload", "multipart body ended before its last boundary")
-    if not has_file:
-        raise FirmwareError(400, "invalid_upload", "no file part (send the image as 'file')")
-    return texts, filename
+    """Read a multipart/form-data body: the one file part is copied into
+    ``upload`` in chunks (Starlette spools it to a temporary file, so a large
+    image never sits in memory); text fields are returned with the file's
+    name."""
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as exc:  # malformed bodies raise several parser errors
+        raise FirmwareError(400, "invalid_upload", f"malformed multipart body: {exc}") from exc
+    try:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise FirmwareError(400, "invalid_upload", "no file part (send the image as 'file')")
+        while chunk := await file.read(1 << 20):
+            upload.write(chunk)
+        texts = {k: v for k, v in form.items() if isinstance(v, str)}
+        for key, value in texts.items():
+            if len(value) > _MAX_FIELD:
+                raise FirmwareError(400, "invalid_upload", f"form field {key!r} is too long")
+        return texts, file.filename
+    finally:
+        await form.close()
 
 
 def _required(name: str, value: str | None) -> str:

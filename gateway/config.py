@@ -166,6 +166,16 @@ class Settings(BaseSettings):
         "(the message is stored either way).",
     )
 
+    # --- firmware ------------------------------------------------------------
+    firmware_dir: str = Field(
+        "./firmware-images", description="Directory where uploaded firmware images are kept."
+    )
+    firmware_base_url: str | None = Field(
+        None,
+        description="Base URL chargers download images from (e.g. http://gw.example:8080); "
+        "default: the ops API's own address.",
+    )
+
     # --- MQTT and several nodes -------------------------------------------------
     mqtt_url: str | None = Field(
         None,

@@ -454,8 +454,9 @@ class FirmwareService:
         self.services = services
         self.commands = commands
         self.repo = FirmwareRepo(services.store.sessions)
-        self.image_dir = Path(os.environ.get(FIRMWARE_DIR_ENV) or DEFAULT_FIRMWARE_DIR)
-        self.base_url = os.environ.get(FIRMWARE_BASE_URL_ENV) or None
+        # Settings (PILEGATE_FIRMWARE_DIR, PILEGATE_FIRMWARE_BASE_URL).
+        self.image_dir = Path(services.settings.firmware_dir)
+        self.base_url = services.settings.firmware_base_url
         self._rollouts: dict[int, Rollout] = {}
         self._tasks_of: dict[str, set[int]] = {}
         self._inbox: deque[tuple[int | None, str, PileEvent]] = deque()
@@ -1030,6 +1031,7 @@ class FirmwareService:
         a selector that matches nothing.
         """
         s = self.services
+        self._check_running()
         image, target = await self._resolve_image(body)
         spec_json = self._spec_json(body, image, target, request_base)
         try:
@@ -1075,6 +1077,7 @@ class FirmwareService:
 
     async def control(self, task_id: int, operation: str) -> None:
         """``pause``, ``resume`` or ``cancel`` a task driven by this node."""
+        self._check_running()
         async with self._lock:
             rollout = self._rollouts.get(task_id)
             if rollout is None:
@@ -1103,6 +1106,10 @@ class FirmwareService:
         if written is not None:
             await written
 
+    def _check_running(self) -> None:
+        if not self._running:
+            raise FirmwareError(503, "not_running", "the firmware engine is not running")
+
     def _not_here(self, task_id: int, row: TaskRecordRow | None, operation: str) -> FirmwareError:
         if row is None:
             return FirmwareError(404, "unknown_task", f"no firmware task {task_id}")
@@ -1126,9 +1133,6 @@ class FirmwareService:
             "send the request to that node",
             node_id=row.node_id,
         )
-
-    def is_loaded(self, task_id: int) -> bool:
-        return task_id in self._rollouts
 
 
 def _refused(status: int, code: str, piles: list[str], what: str, **extra: Any) -> FirmwareError:

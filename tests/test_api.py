@@ -14,7 +14,16 @@ TOKEN = "test-token-123"
 @pytest.fixture
 async def gateway(database_url: str) -> AsyncIterator[Gateway]:
     settings = load_settings(
-        {"database_url": database_url, "api_port": 0, "api_token": TOKEN, "log_level": "warning"}
+        {
+            "database_url": database_url,
+            "api_port": 0,
+            "ocpp_host": "127.0.0.1",
+            "ocpp_port": 0,
+            "cbp_host": "127.0.0.1",
+            "cbp_port": 0,
+            "api_token": TOKEN,
+            "log_level": "warning",
+        }
     )
     gw = Gateway(settings)
     await gw.start()

@@ -516,6 +516,8 @@ async def test_commands_are_translated(gw: Gateway) -> None:
     pile = await get(gw, f"/api/piles/{AC}")
     assert pile["guns"][0]["status"] == "Preparing"
 
+    r = await command(gw, "GetLocalListVersion", {})
+    assert r.json()["response"] == {"listVersion": 0}
     r = await command(gw, "ChangeConfiguration", {"key": "HeartbeatInterval", "value": "30"})
     assert (r.status_code, r.json()["error"]["code"]) == (400, "not_supported_by_protocol")
     r = await command(gw, "RemoteStopTransaction", {"transactionId": 999999})

@@ -600,3 +600,62 @@ async def test_unreachable_api_fails_cleanly(capsys: pytest.CaptureFixture[str])
     code = await asyncio.to_thread(_cli, "status", "1", "--api-url", f"http://127.0.0.1:{port}")
     assert code == 1
     assert "cannot reach the ops API" in capsys.readouterr().err
+
+
+async def test_a_cloud_board_pile_upgrades_through_the_same_task(database_url: str) -> None:
+    """CBP/1: 0x94 out, 0x93 accepted, 0x95 statuses, then a login with the new version."""
+    from gateway.cloudboard import CbpServer
+    from protocol.cloudboard import messages as m
+    from tests.support.cbp_client import AC as CBP_PILE
+    from tests.support.cbp_client import CbpCharger
+
+    updates: list[m.FirmwareUpdate] = []
+    work: set[asyncio.Task[None]] = set()
+    rebooted: list[CbpCharger] = []
+
+    async with running_gateway(
+        database_url, cbp_host="127.0.0.1", cbp_port=0, command_timeout=2
+    ) as gw:
+        port = next(e for e in gw.extensions if isinstance(e, CbpServer)).port
+        charger = await CbpCharger.connect(port, CBP_PILE)
+
+        async def upgrade(task_id: int) -> None:
+            await asyncio.sleep(0.01)
+            for code in (
+                m.FirmwareStatusCode.DOWNLOADING,
+                m.FirmwareStatusCode.DOWNLOADED,
+                m.FirmwareStatusCode.INSTALLING,
+                m.FirmwareStatusCode.INSTALLED,
+            ):
+                status = m.FirmwareStatus(CBP_PILE, task_id, code, 100)
+                await charger.request(status, m.MessageType.FIRMWARE_STATUS_ACK)
+            await charger.close()  # reboot
+            rebooted.append(await CbpCharger.connect(port, CBP_PILE))
+            await rebooted[0].login(firmware_version=NEW)
+
+        def on_update(message: m.Message) -> m.Message:
+            assert isinstance(message, m.FirmwareUpdate)
+            updates.append(message)
+            task = asyncio.create_task(upgrade(message.task_id))
+            work.add(task)
+            task.add_done_callback(work.discard)
+            return m.FirmwareUpdateReply(CBP_PILE, message.task_id, m.FirmwareUpdateResult.ACCEPTED)
+
+        charger.answers[m.MessageType.FIRMWARE_UPDATE] = on_update
+        await charger.login()  # reports OLD
+        async with api_client(gw) as api:
+            image = await upload(api)
+            task = await create_task(api, image_id=image["id"], targets=[CBP_PILE], **FAST)
+            task = await wait_task(gw, api, task["id"], finished)
+        assert task["state"] == "completed"
+        row = row_of(task, CBP_PILE)
+        assert (row["state"], row["from_version"], row["reported_version"]) == (
+            "verified",
+            OLD,
+            NEW,
+        )
+        await rebooted[0].close()
+    assert len(updates) == 1
+    sent = updates[0]
+    assert (sent.task_id, sent.target_version, sent.image_size) == (task["id"], NEW, len(IMAGE))
+    assert (sent.url, sent.sha256) == (image["url"], hashlib.sha256(IMAGE).digest())

@@ -15,7 +15,10 @@ Reset                      0x92 reboot: Hard → now, Soft → when idle   0x91 
 TriggerMessage             0x12 read real-time data, per gun           0x13 → Accepted
 (StatusNotification,       (connectorId, or every gun of the login
 MeterValues)               when absent or 0); the 0x13 is stored
-anything else              400 ``not_supported_by_protocol``
+GetLocalListVersion        0x48 whitelist version query                0x47 → listVersion
+anything else              400 ``not_supported_by_protocol`` (the whitelist
+                           and firmware engines send 0x44 / 0x94 through
+                           ``CbpConnection.request``)
 =========================  ==========================================  =======================
 """
 
@@ -38,6 +41,8 @@ from protocol.cloudboard import (
     RemoteStop,
     RemoteStopReply,
     RemoteStopResult,
+    WhitelistVersionQuery,
+    WhitelistVersionReply,
 )
 from protocol.ocpp import OcppError
 from sessions.charging import AuthMethod as DomainAuthMethod
@@ -52,7 +57,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pilegate.cbp")
 
 SUPPORTED = frozenset(
-    {"RemoteStartTransaction", "RemoteStopTransaction", "Reset", "TriggerMessage"}
+    {
+        "RemoteStartTransaction",
+        "RemoteStopTransaction",
+        "Reset",
+        "TriggerMessage",
+        "GetLocalListVersion",
+    }
 )
 TRIGGERABLE = frozenset({"StatusNotification", "MeterValues"})
 
@@ -98,6 +109,8 @@ async def translate_call(
         response = await _remote_stop(conn, payload, timeout)
     elif action == "Reset":
         response = await _reset(conn, payload, timeout)
+    elif action == "GetLocalListVersion":
+        response = await _list_version(conn, timeout)
     else:
         response = await _trigger(conn, payload, timeout)
     return CommandResult(action=action, response=response)
@@ -183,6 +196,13 @@ async def _reset(conn: CbpConnection, payload: dict[str, Any], timeout: float) -
     if not isinstance(reply, RebootReply):
         raise _unexpected(conn, "0x92 reboot", reply)
     return {"status": "Accepted" if reply.result is RebootResult.ACCEPTED else "Rejected"}
+
+
+async def _list_version(conn: CbpConnection, timeout: float) -> dict[str, Any]:
+    reply = await conn.request(WhitelistVersionQuery(conn.pile_id), timeout)
+    if not isinstance(reply, WhitelistVersionReply):
+        raise _unexpected(conn, "0x48 whitelist version query", reply)
+    return {"listVersion": reply.version}
 
 
 async def _trigger(conn: CbpConnection, payload: dict[str, Any], timeout: float) -> dict[str, Any]:

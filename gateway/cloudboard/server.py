@@ -406,11 +406,13 @@ class CbpServer:
             guns=login.gun_count,
             heartbeat_interval=interval,
         )
+        # The time sync first: the requests of queued commands and engines
+        # line up behind it.
+        services.spawn(self._time_sync(conn), f"cbp-time-sync-{conn.conn_id}")
         if self.commands is not None:
             self.commands.pile_connected(conn)
         services.observers.pile_connected(conn)
         services.observers.pile_booted(pile.text, login.firmware_version or None, conn.model, True)
-        services.spawn(self._time_sync(conn), f"cbp-time-sync-{conn.conn_id}")
         return True
 
     async def relogin(self, conn: CbpConnection, seq_bytes: bytes, login: Login) -> None:
