@@ -196,6 +196,16 @@ class Settings(BaseSettings):
     # --- cloud-board (CBP/1) -------------------------------------------------
     cbp_host: str = Field("0.0.0.0", description="Address the cloud-board TCP listener binds.")
     cbp_port: int = Field(9010, ge=0, le=65535, description="Port of the cloud-board listener.")
+    cbp_heartbeat_interval: int = Field(
+        10,
+        ge=1,
+        le=255,
+        description="Heartbeat interval (s) in the CBP/1 login reply. CBP/1 has no pings: "
+        "a dead link is offline after heartbeat_multiple x this, so keep it <= 10 for 30 s.",
+    )
+    cbp_login_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds a CBP/1 charger has to log in after connecting."
+    )
 
     @field_validator("database_url")
     @classmethod

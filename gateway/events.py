@@ -44,7 +44,7 @@ class PileConnected(BaseModel):
 class PileDisconnected(BaseModel):
     reason: str = Field(
         description="closed_clean | closed_abnormal | ping_timeout | heartbeat_timeout | "
-        "replaced | gateway_shutdown | bad_messages | node_lost"
+        "replaced | gateway_shutdown | bad_messages | node_lost | login_rejected"
     )
     detail: str | None = None
     connection_id: str | None = None

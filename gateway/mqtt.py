@@ -234,7 +234,7 @@ class MqttBridge:
             conn = self.services.registry.get(pile_id)
             if conn is not None:
                 log.info("pile taken over by another node", pile_id=pile_id, by=body.get("from"))
-                conn.replaced = True  # type: ignore[attr-defined]
+                conn.replaced = True
                 await conn.close("replaced", 1000)
             return
         if kind == "command":

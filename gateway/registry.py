@@ -36,6 +36,14 @@ class PileConnection(Protocol):
     protocol: str
     kind: str
     connected_at: datetime
+    # Set when a newer connection of the pile took over: its late frames and
+    # its close must not change the pile's state.
+    replaced: bool
+    offline_reason: str | None
+
+    def presence_ops(self, online: bool, reason: str, detail: str | None) -> tuple[Any, ...]:
+        """The presence change and its outbox events, to enqueue together."""
+        ...
 
     async def call(self, action: str, payload: dict[str, Any], timeout: float) -> CommandResult: ...
 

@@ -166,7 +166,7 @@ async def send_record(charger: CbpCharger, rec: TransactionRecord) -> Transactio
 
 # --- the specification's vectors over a socket ------------------------------------------
 async def test_spec_vectors_over_a_socket(database_url: str) -> None:
-    async with cbp_gateway(database_url, heartbeat_interval=10) as gw:
+    async with cbp_gateway(database_url, cbp_heartbeat_interval=10) as gw:
         assert gw.services is not None
         gw.services.clock = lambda: SPEC_TIME  # the vectors' server time
         charger = await connect(gw)
@@ -551,7 +551,7 @@ async def test_silent_charger_is_offline_after_three_heartbeat_intervals(
     """CBP/1 has no ping: a charger that sends nothing is offline after
     3 × the heartbeat interval of its login reply. SQLite and PostgreSQL side
     by side (the 15 s wait once, not twice)."""
-    settings = {"heartbeat_interval": 5, "watchdog_min_silence": 0, "pong_timeout": 0.4}
+    settings = {"cbp_heartbeat_interval": 5, "watchdog_min_silence": 0, "pong_timeout": 0.4}
     async with contextlib.AsyncExitStack() as stack:
         gateways = [  # started one after the other: migrations are not concurrent
             await stack.enter_async_context(cbp_gateway(url, **settings))

@@ -60,7 +60,6 @@ from ..registry import CommandError
 from ..services import Services
 from .common import (
     CHARGER_UTC_OFFSET,
-    LOGIN_TIMEOUT,
     PROTOCOL,
     SerialBook,
     from_local,
@@ -98,7 +97,7 @@ class CbpServer:
     def __init__(self, services: Services, commands: CommandService | None = None) -> None:
         self.services = services
         self.commands = commands
-        self.login_timeout = LOGIN_TIMEOUT
+        self.login_timeout = services.settings.cbp_login_timeout
         self.utc_offset: timedelta = CHARGER_UTC_OFFSET
         self.serials = SerialBook()
         self.connections: set[CbpConnection] = set()  # logged in and attached
@@ -390,7 +389,7 @@ class CbpServer:
                 )
                 return False
         await self._attach(conn)
-        interval = heartbeat_interval(settings.heartbeat_interval)
+        interval = heartbeat_interval(settings.cbp_heartbeat_interval)
         conn.reply(
             seq_bytes,
             LoginReply(
@@ -441,7 +440,7 @@ class CbpServer:
         conn.login = login
         conn.gun_count = login.gun_count
         conn.model = login.model or None
-        interval = heartbeat_interval(settings.heartbeat_interval)
+        interval = heartbeat_interval(settings.cbp_heartbeat_interval)
         conn.reply(
             seq_bytes,
             LoginReply(
@@ -469,7 +468,7 @@ class CbpServer:
         services.tracker.add(
             conn.conn_id,
             time.monotonic(),
-            heartbeat_interval=float(heartbeat_interval(settings.heartbeat_interval)),
+            heartbeat_interval=float(heartbeat_interval(settings.cbp_heartbeat_interval)),
             pings=False,
         )
         conn.logged_in = True  # from here on _offline() undoes all of this

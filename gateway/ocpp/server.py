@@ -273,7 +273,6 @@ class OcppServer:
             # The newest connection wins (a charger that reconnects before
             # the gateway noticed the old link die). The old one's events
             # are recorded here, in order, before the new "connected".
-            assert isinstance(old, OcppConnection)
             old.replaced = True
             old.offline_reason = "replaced"
             services.tracker.remove(old.conn_id)

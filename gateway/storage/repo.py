@@ -538,7 +538,15 @@ class Store:
                 & (Transaction.meter_start == meter_start)
                 & (Transaction.id_tag == id_tag)
             )
-        row = (await s.scalars(select(Transaction).where(key))).one()
+        row = (await s.scalars(select(Transaction).where(key))).one_or_none()
+        if row is None:
+            # The insert was ignored because another transaction of this pile
+            # has the same start (connector, time, meter, token) under another
+            # charger-made id: refuse this one rather than merge two sessions.
+            raise LookupError(
+                f"transaction {external_id!r} of pile {pile_id} collides with another "
+                "transaction's start"
+            )
         rec: TransactionRecord = _copy(TransactionRecord, row)
         if created and events is not None:
             _add_outbox(s, node_id, rec.pile_id, now, events(rec))

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.logging import get_logger
@@ -330,6 +331,7 @@ class WriteBehind:
         self, batch: list[WriteOp], seen: dict[str, datetime]
     ) -> list[tuple[asyncio.Future[Any], Any]]:
         resolved: list[tuple[asyncio.Future[Any], Any]] = []
+        failed: list[tuple[asyncio.Future[Any], BaseException]] = []
         async with self._sessions() as s, s.begin():
             meters: list[dict[str, Any]] = []
 
@@ -367,7 +369,17 @@ class WriteBehind:
                 elif isinstance(op, ChargerMessageOp):
                     s.add(ChargerMessage(**_fields(op)))
                 elif isinstance(op, DurableOp):
-                    resolved.append((op.future, await op.fn(s)))
+                    # A savepoint per awaited write: if its own data is
+                    # refused (a constraint, a bug), only its caller gets the
+                    # error; the rest of the batch commits and nothing is
+                    # retried forever.
+                    try:
+                        async with s.begin_nested():
+                            value = await op.fn(s)
+                    except (IntegrityError, ValueError, LookupError) as exc:
+                        failed.append((op.future, exc))
+                    else:
+                        resolved.append((op.future, value))
                 elif isinstance(op, OutboxOp):
                     for event_id, topic, payload, retain in op.rows:
                         s.add(
@@ -408,6 +420,9 @@ class WriteBehind:
                     .where((Pile.last_seen.is_(None)) | (Pile.last_seen < at))
                     .values(last_seen=at)
                 )
+        for fut, error in failed:
+            if not fut.done():
+                fut.set_exception(error)
         return resolved
 
     @staticmethod
