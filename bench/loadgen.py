@@ -59,6 +59,7 @@ from typing import Any
 
 import orjson
 
+_c_apply_mask: Callable[[bytes, bytes], bytes] | None
 try:  # the C helper shipped with websockets; plain Python otherwise
     from websockets.speedups import apply_mask as _c_apply_mask
 except ImportError:  # pragma: no cover

@@ -19,17 +19,27 @@ import contextlib
 import itertools
 import logging
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import websockets
-from ocpp.routing import on
+from ocpp.routing import on as _on
 from ocpp.v16 import ChargePoint as cp
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from websockets.asyncio.server import ServerConnection
 
 log = logging.getLogger("reference")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on(action: str) -> Callable[[F], F]:
+    """``ocpp.routing.on`` with a type (the ocpp package ships none)."""
+    decorator: Callable[[F], F] = _on(action)
+    return decorator
+
 
 _tx_ids = itertools.count(1)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -327,7 +328,7 @@ class LoadWatch:
         cores = os.cpu_count() or 1
         busy = (busy1[0] - self.busy0[0]) / max(1.0, busy1[1] - self.busy0[1]) * 100 * cores
         ours = 0.0
-        others: Counter[str] = Counter()
+        others: dict[str, float] = {}
         for pid, (cpu, cmd) in procs1.items():
             used = cpu - self.procs0.get(pid, (0.0, ""))[0]
             if used <= 0:
@@ -335,14 +336,17 @@ class LoadWatch:
             if _ours(pid, cmd):
                 ours += used
             else:
-                others[cmd or f"pid {pid}"] += used
+                key = cmd or f"pid {pid}"
+                others[key] = others.get(key, 0.0) + used
         ours_pct = 100 * ours / elapsed if elapsed > 0 else 0.0
-        self.result = {
+        self.result: dict[str, Any] = {
             "seconds": elapsed,
             "busy_pct": busy,  # 100 = one core
             "ours_pct": ours_pct,
             "others_pct": max(0.0, busy - ours_pct),
-            "top_others": [(c, 100 * v / elapsed) for c, v in others.most_common(4)],
+            "top_others": [
+                (c, 100 * v / elapsed) for c, v in sorted(others.items(), key=lambda kv: -kv[1])[:4]
+            ],
         }
 
 
@@ -1347,15 +1351,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "1" in a.scenario_set:
             for target in a.targets:
-                step(f"s1-{target}", lambda t=target: scenario_mixed(ctx, t))
+                step(f"s1-{target}", functools.partial(scenario_mixed, ctx, target))
         if a.profile:
-            step("profile", lambda: scenario_profile(ctx))
+            step("profile", functools.partial(scenario_profile, ctx))
         if "2" in a.scenario_set:
             for target in a.storm_targets:
-                step(f"s2-{target}", lambda t=target: scenario_storm(ctx, t))
+                step(f"s2-{target}", functools.partial(scenario_storm, ctx, target))
         if "3" in a.scenario_set:
             for target in a.halfopen_targets:
-                step(f"s3-{target}", lambda t=target: scenario_halfopen(ctx, t))
+                step(f"s3-{target}", functools.partial(scenario_halfopen, ctx, target))
         if "4" in a.scenario_set:
             say("scenario 4: firmware dispatch: not available yet")
         if "5" in a.scenario_set:

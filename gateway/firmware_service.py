@@ -677,6 +677,9 @@ class FirmwareService:
                         ),
                     )
                 )
+                self.services.metrics.firmware_transitions.labels(
+                    to_state=action.to_state.value
+                ).inc()
                 log.info(
                     "firmware transition",
                     task_id=action.task_id,

@@ -124,6 +124,12 @@ class Metrics:
             "Calls sent to chargers and not yet answered",
             registry=r,
         )
+        self.firmware_transitions = Counter(
+            "pilegate_firmware_transitions",
+            "Per-pile firmware upgrade transitions, by the state entered",
+            ["to_state"],
+            registry=r,
+        )
         self.whitelist_status = Counter(
             "pilegate_whitelist_status_changes",
             "Whitelist sync status changes reported, by new status",
