@@ -270,10 +270,17 @@ class Gateway:
             except TimeoutError:
                 log.warning("chargers did not close in time")
         if self.writer is not None:
-            try:
-                await asyncio.wait_for(self.writer.close(), grace)
-            except TimeoutError:
-                log.error("write queue not flushed in time", left=len(self.writer))
+            # Everything in the queue was answered to a charger, which will
+            # not send it again: shutdown waits until it is all stored (no
+            # timeout; cancelling a flush half-way would lose it). Progress
+            # is logged so an operator sees why the process is still there.
+            flush = asyncio.ensure_future(self.writer.close())
+            while True:
+                done, _ = await asyncio.wait({flush}, timeout=5.0)
+                if done:
+                    flush.result()
+                    break
+                log.warning("flushing write queue before exit", left=len(self.writer))
         if self.bridge is not None and self._mqtt_task is not None:
             # Publish what the shutdown itself produced (offline events) if
             # the broker is there; the rest stays in the outbox.

@@ -120,6 +120,10 @@ class OcppServer:
             ping_interval=None,
             compression=None,
             close_timeout=5,
+            # The handshake checks read (and on first connect write) the
+            # database; during a reconnect storm that can take longer than
+            # websockets' default 10 s.
+            open_timeout=30,
             logger=logging.getLogger("pilegate.websockets"),
         )
         log.info("OCPP listener", host=s.ocpp_host, port=self.port, path=s.ocpp_path_prefix)
