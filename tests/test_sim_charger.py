@@ -789,9 +789,13 @@ def test_transactions_arrive_whole_and_in_order(events: list[str]) -> None:
     srv.replies.clear()
     if srv.up:
         srv.drop()
+    # A card still waiting for its Authorize (stuck behind an unanswered call)
+    # is decided offline when the link goes: that may start a charge now.
+    if cp.guns[0].tx is not None:
+        cp.press_stop(1, srv.now)
     srv.connect()
     srv.run_until(srv.now + 3, step=0.5)
-    assert cp.queue == type(cp.queue)()
+    assert cp.queue == type(cp.queue)() and cp.guns[0].tx is None
     starts = of(srv.log, "StartTransaction")
     stops = of(srv.log, "StopTransaction")
     known = set(cp.tx_ids.values())
@@ -811,6 +815,49 @@ def test_transactions_arrive_whole_and_in_order(events: list[str]) -> None:
         assert [a for a, _ in items].index("StopTransaction") == len(items) - 1, tid
         values = [v for _, v in items]
         assert values == sorted(values), tid
+
+
+def test_a_card_waiting_behind_an_unanswered_call_starts_offline_when_the_link_goes() -> None:
+    """Regression (found by the property above): plug, card, the server stops
+    answering MeterValues, the call times out, the card stops the charge,
+    reconnect, the card again. Its Authorize waits behind the unanswered
+    sample; when the link goes it is decided from the local list and starts
+    a second transaction, which must be stopped and replayed like the first."""
+    cp = Charger(config(time_scale=60, meter_interval=60, call_timeout=5), now=T0)
+    cp.set_local_list(1, "Full", {"CARD": "Accepted"})
+    srv = Server(cp)
+    srv.connect()
+    cp.plug(1, srv.now)
+    cp.present(1, "CARD", "card", srv.now)
+    srv.pump()
+    assert cp.server_transaction_id(1) == 100
+    srv.replies["MeterValues"] = None
+    srv.run_until(srv.now + 6, step=0.5)
+    assert srv.closed == [CloseLink(abort=True, reason="call timeout")] and not cp.link
+    cp.present(1, "CARD", "card", srv.now)  # the same card again: stop (Local), offline
+    assert cp.guns[0].tx is None and cp.guns[0].status == "Finishing"
+    srv.connect()
+    cp.present(1, "CARD", "card", srv.now)  # a new charge: Authorize queued
+    srv.pump()
+    assert cp.guns[0].authorizing is not None and cp.queue[-1].action == "Authorize"
+    assert cp.guns[0].tx is None
+    srv.replies.clear()
+    srv.drop()  # the Authorize is lost: decided offline, from the local list
+    tx = cp.guns[0].tx
+    assert tx is not None and tx.offline
+    cp.press_stop(1, srv.now)
+    assert cp.queued_transaction_messages() == 6 + 1 + 1 + 1  # samples, stop, start, stop
+    srv.connect()
+    srv.run_until(srv.now + 3, step=0.5)
+    assert cp.queue == type(cp.queue)() and cp.guns[0].tx is None
+    assert cp.tx_ids == {1: 100, 2: 101}
+    tx_log = [(a, p.get("transactionId")) for a, p in srv.log
+              if a in ("StartTransaction", "StopTransaction")]
+    assert tx_log == [
+        ("StartTransaction", None), ("StopTransaction", 100),
+        ("StartTransaction", None), ("StopTransaction", 101),
+    ]
+    assert {p["transactionId"] for p in of(srv.log, "MeterValues")} == {100}
 
 
 def test_a_charger_that_is_off_only_waits_for_power() -> None:
