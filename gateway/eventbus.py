@@ -13,13 +13,15 @@ from pydantic import BaseModel
 
 from .events import (
     EventType,
+    PileConnected,
+    PileDisconnected,
     Presence,
     dumps,
     event_topic,
     new_event,
     presence_topic,
 )
-from .storage.writer import OutboxOp
+from .storage.writer import OutboxOp, PresenceOp, WriteOp
 
 
 class EventSink:
@@ -58,3 +60,47 @@ class EventSink:
                 (str(uuid.uuid4()), presence_topic(self.prefix, pile_id), dumps(presence), True)
             )
         return tuple(rows)
+
+    def presence_ops(
+        self,
+        at: datetime,
+        pile_id: str,
+        conn_id: str,
+        protocol: str,
+        online: bool,
+        reason: str,
+        detail: str | None,
+    ) -> tuple[WriteOp, ...]:
+        """A connection's presence change with its events (``pile.connected``
+        / ``pile.disconnected`` and the retained presence), for every
+        protocol adapter, to enqueue together."""
+        op = PresenceOp(
+            pile_id=pile_id,
+            at=at,
+            online=online,
+            reason=reason,
+            detail=detail,
+            connection_id=conn_id,
+            node_id=self.node_id,
+            protocol=protocol,
+        )
+        data: BaseModel = (
+            PileConnected(protocol=protocol, connection_id=conn_id, detail=detail)
+            if online
+            else PileDisconnected(reason=reason, detail=detail, connection_id=conn_id)
+        )
+        presence = Presence(
+            pile_id=pile_id,
+            online=online,
+            reason=reason,
+            at=at,
+            node_id=self.node_id if online else None,
+        )
+        events = self.op(
+            "pile.connected" if online else "pile.disconnected",
+            pile_id,
+            at,
+            data,
+            presence=presence,
+        )
+        return (op, *events)

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from pydantic import BaseModel
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
 
@@ -36,10 +35,9 @@ from protocol.ocpp import (
 )
 from sessions.presence import OfflineReason
 
-from ..events import PileConnected, PileDisconnected, Presence
 from ..registry import CommandError, CommandResult
 from ..services import Services
-from ..storage.writer import PresenceOp, WriteOp
+from ..storage.writer import WriteOp
 
 log = structlog.get_logger("pilegate.ocpp")
 
@@ -385,34 +383,6 @@ class OcppConnection:
     def presence_ops(self, online: bool, reason: str, detail: str | None) -> tuple[WriteOp, ...]:
         """The presence change and its events, to enqueue together."""
         services = self.services
-        at = services.clock()
-        op = PresenceOp(
-            pile_id=self.pile_id,
-            at=at,
-            online=online,
-            reason=reason,
-            detail=detail,
-            connection_id=self.conn_id,
-            node_id=services.node_id,
-            protocol=self.protocol,
+        return services.events.presence_ops(
+            services.clock(), self.pile_id, self.conn_id, self.protocol, online, reason, detail
         )
-        data: BaseModel = (
-            PileConnected(protocol=self.protocol, connection_id=self.conn_id, detail=detail)
-            if online
-            else PileDisconnected(reason=reason, detail=detail, connection_id=self.conn_id)
-        )
-        presence = Presence(
-            pile_id=self.pile_id,
-            online=online,
-            reason=reason,
-            at=at,
-            node_id=services.node_id if online else None,
-        )
-        events = services.events.op(
-            "pile.connected" if online else "pile.disconnected",
-            self.pile_id,
-            at,
-            data,
-            presence=presence,
-        )
-        return (op, *events)

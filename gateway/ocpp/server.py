@@ -262,17 +262,19 @@ class OcppServer:
         structlog.contextvars.bind_contextvars(pile_id=pile.text, conn_id=conn_id)
         conn = OcppConnection(ws, pile, version, services, model=model, conn_id=conn_id)
         metrics = services.metrics
-        if self._bridge is not None:
-            holder = await services.store.pile_node(pile.text)
-            if holder is not None and holder != services.node_id:
-                # The pile was connected to another node (which may not have
-                # noticed the old link die yet): tell it to let go.
-                await self._bridge.takeover(holder, pile.text)
+        # Registered before any await: from here on commands find the pile.
         old = services.registry.attach(conn)
         self.connections.add(conn)
         services.tracker.add(
             conn_id, _mono(), heartbeat_interval=float(services.settings.heartbeat_interval)
         )
+        if self._bridge is not None:
+            # Read before our own "connected" can reach the database: was
+            # the pile held by another node (which may not have noticed the
+            # old link die yet)? Then tell it to let go.
+            holder = await services.store.pile_node(pile.text)
+            if holder is not None and holder != services.node_id:
+                await self._bridge.takeover(holder, pile.text)
         if old is not None:
             # The newest connection wins (a charger that reconnects before
             # the gateway noticed the old link die). The old one's events
