@@ -91,6 +91,9 @@ def register(sub: Any) -> None:
                       help="override the heartbeat interval the server gives at boot")
     load.add_argument("--password", default=None,
                       help="HTTP Basic password of every charger (security profile 1)")
+    load.add_argument("--protocol", choices=["ocpp1.6", "cbp1"], default="ocpp1.6",
+                      help="protocol of the chargers (default %(default)s); cbp1: cloud-board "
+                           "chargers over TCP, --url tcp://HOST:PORT")
     load.add_argument("--json", metavar="PATH", default=None,
                       help="also write the final figures as JSON")
     load.set_defaults(func=cmd_load)
@@ -254,8 +257,12 @@ def cmd_load(args: argparse.Namespace) -> int:
             first_serial=args.first_serial, operator=args.operator,
             meter_interval=args.meter_interval, charge_seconds=args.charge_seconds,
             idle_seconds=args.idle_seconds, heartbeat_interval=args.heartbeat_interval,
-            password=args.password,
+            password=args.password, protocol=args.protocol,
         )
+        if opts.protocol == "cbp1":
+            from .cbp import parse_tcp_url
+
+            parse_tcp_url(opts.url)
         opts.pile_id(0)
         opts.pile_id(opts.count - 1)
     except (ValueError, KeyError, IndexError) as exc:

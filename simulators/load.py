@@ -52,6 +52,7 @@ class LoadOptions:
     call_timeout: float = 30.0
     report_every: float = 1.0
     password: str | None = None
+    protocol: Literal["ocpp1.6", "cbp1"] = "ocpp1.6"
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -155,6 +156,10 @@ def charger_config(opts: LoadOptions, n: int, charging: bool) -> ChargerConfig:
 async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> LoadReport:
     """Run the load, printing a progress line every ``report_every`` seconds;
     returns the final figures."""
+    if opts.protocol == "cbp1":
+        from .cbp import run_cbp_load
+
+        return await run_cbp_load(opts, out)
     warning = _raise_fd_limit(opts.count + 100)
     if warning:
         out(f"warning: {warning}")

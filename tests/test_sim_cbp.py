@@ -1,0 +1,128 @@
+"""Simulated cloud-board (CBP/1) chargers and CBP/1 load mode against a test gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import main
+from protocol.cloudboard import TimeSync
+from simulators.cbp import CbpChargerConfig, CbpSimCharger, parse_tcp_url
+from simulators.load import LoadOptions, report_dict, run_load
+from tests.support.gateway import api_client, flushed, running_gateway
+
+PILE = "44200000010000100001"
+
+
+def cbp_port(gw: Any) -> int:
+    return int(next(e for e in gw.extensions if type(e).__name__ == "CbpServer").port)
+
+
+async def _poll(check: Any, timeout: float = 10.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            value = await check()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+
+def test_tcp_urls_and_cli_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_tcp_url("tcp://127.0.0.1:9010") == ("127.0.0.1", 9010)
+    with pytest.raises(ValueError):
+        parse_tcp_url("ws://127.0.0.1:9000/ocpp")
+    assert main(["sim", "load", "--protocol", "cbp1", "--url", "ws://127.0.0.1:1/ocpp",
+                 "--count", "1", "--duration", "1"]) == 2
+    assert "tcp://HOST:PORT" in capsys.readouterr().err
+
+
+async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
+    async with running_gateway(database_url, cbp_heartbeat_interval=5) as gw:
+        cfg = CbpChargerConfig(pile_id=PILE, power_kw=7.0, time_scale=60.0)
+        charger = CbpSimCharger(cfg, "127.0.0.1", cbp_port(gw))
+        charger.start()
+        try:
+            await asyncio.wait_for(charger.logged_in.wait(), 10)
+            assert charger.heartbeat_interval == 5
+            await _poll(lambda: _true(any(isinstance(m, TimeSync) for m in charger.received)))
+            async with api_client(gw) as api:
+                async def pile() -> Any:
+                    await flushed(gw)
+                    r = await api.get(f"/api/piles/{PILE}")
+                    return r.status_code == 200 and r.json().get("online") and r.json()
+
+                await _poll(pile)
+                r = await api.post(
+                    f"/api/piles/{PILE}/commands/RemoteStartTransaction",
+                    json={"payload": {"idTag": "APP1", "connectorId": 1}},
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["response"] == {"status": "Accepted"}
+
+                async def active() -> Any:
+                    await flushed(gw)
+                    txs = (await api.get("/api/transactions", params={"pile": PILE})).json()
+                    return [t for t in txs if t["status"] == "active"]
+
+                [tx] = await _poll(active)
+                assert tx["id_tag"] == "APP1"
+                await asyncio.sleep(0.6)  # a few 0x13 at 60x: 7 kW for about 36 s
+                r = await api.post(
+                    f"/api/piles/{PILE}/commands/RemoteStopTransaction",
+                    json={"payload": {"transactionId": tx["id"]}},
+                )
+                assert r.json()["response"] == {"status": "Accepted"}, r.text
+                await _poll(lambda: _true(bool(charger.confirmed) and not charger.records))
+
+                async def stopped() -> Any:
+                    await flushed(gw)
+                    txs = (await api.get("/api/transactions", params={"pile": PILE})).json()
+                    return [t for t in txs if t["status"] != "active"]
+
+                [done] = await _poll(stopped)
+                assert done["id"] == tx["id"]
+                assert done["energy_wh"] > 0, done
+                assert done["stop_reason"] == "Remote"
+                assert charger.stats.error_count == 0, charger.stats.errors
+                assert {"Login", "TransactionRecord"} <= set(charger.stats.latency_by_action)
+                assert charger.guns[1].serial is None
+        finally:
+            await charger.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_cbp_load_fifty_chargers_for_three_seconds(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
+    async with running_gateway(db, cbp_heartbeat_interval=5) as gw:
+        lines: list[str] = []
+        opts = LoadOptions(
+            url=f"tcp://127.0.0.1:{cbp_port(gw)}", count=50, ramp=100, duration=3,
+            charging_share=0.5, meter_interval=0.5, charge_seconds=1.0, idle_seconds=0.3,
+            heartbeat_interval=1.0, report_every=1.0, protocol="cbp1",
+        )
+        report = await run_load(opts, lines.append)
+        stats = report.stats
+        assert report.chargers_connected_once == 50 and report.connected_max == 50
+        assert report.charging == 25
+        assert stats.connect_failures == 0 and stats.error_count == 0, stats.errors
+        p = report.percentiles()
+        assert p["p50"] is not None and p["p99"] is not None and p["p50"] <= p["p99"]
+        assert {"Login", "Heartbeat", "AuthRequest", "TransactionRecord"} <= set(
+            stats.latency_by_action
+        )
+        assert lines[0].startswith("load: 50 chargers (25 charging) at 100/s for 3 s")
+        assert sum(line.startswith("t=") for line in lines) >= 2
+        assert any(line.startswith("errors: 0") for line in lines)
+        assert report_dict(report)["connected_once"] == 50
+        async with api_client(gw) as api:
+            await flushed(gw)
+            listed = (await api.get("/api/piles", params={"limit": 1000})).json()
+            assert listed["total"] == 50
+            txs = (await api.get("/api/transactions", params={"limit": 1000})).json()
+        assert len({t["pile_id"] for t in txs}) == 25
