@@ -21,7 +21,7 @@ machine's own server and is not pinned. Scenarios:
    same database for the measured reconnect storm.
 3. offline detection over K half-open piles (pilegate; the reference too, by
    the time its websockets keepalive closes the links).
-4. firmware dispatch to 10,000 piles: not available yet (no firmware tasks).
+4. firmware dispatch to 10,000 piles: run ``bench/firmware_dispatch.py``.
 5. cloud-board throughput: not available yet (protocol not landed).
 
 The results (markdown) go to stdout and, with the JSON of every run and the
@@ -1137,7 +1137,7 @@ def report(ctx: Ctx, machine: dict[str, Any], command: str, elapsed: float) -> s
         w("")
     if "4" in a.scenario_set:
         w("## 4. Firmware task dispatch to 10,000 online piles\n")
-        w("pilegate: not available yet (no firmware tasks in the gateway).\n")
+        w("pilegate: measured by `bench/firmware_dispatch.py` (docs/benchmarks.md).\n")
     if "5" in a.scenario_set:
         w("## 5. Cloud-board throughput\n")
         w("pilegate: not available yet (the cloud-board protocol has not landed).\n")
@@ -1361,7 +1361,7 @@ def main(argv: list[str] | None = None) -> int:
             for target in a.halfopen_targets:
                 step(f"s3-{target}", functools.partial(scenario_halfopen, ctx, target))
         if "4" in a.scenario_set:
-            say("scenario 4: firmware dispatch: not available yet")
+            say("scenario 4: firmware dispatch: run bench/firmware_dispatch.py")
         if "5" in a.scenario_set:
             say("scenario 5: cloud-board throughput: not available yet")
     finally:
