@@ -89,7 +89,7 @@ from protocol.cloudboard import (
     make_serial,
 )
 
-from .stats import LatencyHistogram, Stats
+from .stats import Stats
 
 if TYPE_CHECKING:
     from .load import LoadOptions, LoadReport
@@ -365,8 +365,11 @@ class CbpSimCharger:
         if isinstance(message, TransactionConfirm):  # a late confirm still counts
             self._confirmed(message)
             return
-        if type_ % 2 == 1 or type_ in (MessageType.LOGIN_REPLY, MessageType.HEARTBEAT_ACK,
-                                       MessageType.AUTH_RESULT):
+        if type_ % 2 == 1 or type_ in (
+            MessageType.LOGIN_REPLY,
+            MessageType.HEARTBEAT_ACK,
+            MessageType.AUTH_RESULT,
+        ):
             return  # a late reply
         self.stats.calls_received += 1
         try:
@@ -397,7 +400,9 @@ class CbpSimCharger:
             return self._remote_stop(m)
         if isinstance(m, WhitelistVersionQuery):
             return WhitelistVersionReply(
-                self.pile, self.whitelist_version, len(self.whitelist),
+                self.pile,
+                self.whitelist_version,
+                len(self.whitelist),
                 self.config.whitelist_capacity,
             ), None
         if isinstance(m, WhitelistUpdate):
@@ -410,9 +415,7 @@ class CbpSimCharger:
             ), None
         return None, None
 
-    def _remote_start(
-        self, m: RemoteStart
-    ) -> tuple[Message, Callable[[], None] | None]:
+    def _remote_start(self, m: RemoteStart) -> tuple[Message, Callable[[], None] | None]:
         gun = self.guns.get(m.gun)
         reason = RemoteStartRejectReason.NONE
         if gun is None:
@@ -437,19 +440,22 @@ class CbpSimCharger:
     def _remote_stop(self, m: RemoteStop) -> tuple[Message, Callable[[], None] | None]:
         gun = self.guns.get(m.gun)
         if gun is None or gun.serial is None or gun.status not in CHARGING:
-            return RemoteStopReply(self.pile, m.gun, RemoteStopResult.REJECTED,
-                                   RemoteStopRejectReason.NOT_CHARGING), None
+            return RemoteStopReply(
+                self.pile, m.gun, RemoteStopResult.REJECTED, RemoteStopRejectReason.NOT_CHARGING
+            ), None
         if gun.serial != m.serial:
-            return RemoteStopReply(self.pile, m.gun, RemoteStopResult.REJECTED,
-                                   RemoteStopRejectReason.UNKNOWN_SERIAL), None
+            return RemoteStopReply(
+                self.pile, m.gun, RemoteStopResult.REJECTED, RemoteStopRejectReason.UNKNOWN_SERIAL
+            ), None
         g = gun
 
         def end() -> None:
             self._stop_reason[g.number] = StopReason.REMOTE
             g.stopped.set()
 
-        return RemoteStopReply(self.pile, m.gun, RemoteStopResult.STOPPING,
-                               RemoteStopRejectReason.NONE), end
+        return RemoteStopReply(
+            self.pile, m.gun, RemoteStopResult.STOPPING, RemoteStopRejectReason.NONE
+        ), end
 
     def _whitelist_update(self, m: WhitelistUpdate) -> Message:
         def reply(result: WhitelistUpdateResult) -> Message:
@@ -517,8 +523,9 @@ class CbpSimCharger:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             with contextlib.suppress(TimeoutError):
-                await self.request(Heartbeat(self.pile, PileState.NORMAL),
-                                   MessageType.HEARTBEAT_ACK, "Heartbeat")
+                await self.request(
+                    Heartbeat(self.pile, PileState.NORMAL), MessageType.HEARTBEAT_ACK, "Heartbeat"
+                )
 
     async def _realtime_loop(self, gun: GunSim) -> None:
         """0x13 every 5 min (simulated) when not charging; charging has its own."""
@@ -534,7 +541,12 @@ class CbpSimCharger:
         self.guns[gun].stopped.set()
 
     async def _charge(
-        self, gun: GunSim, serial: str, method: AuthMethod, token: str, energy_limit_wh: int = 0,
+        self,
+        gun: GunSim,
+        serial: str,
+        method: AuthMethod,
+        token: str,
+        energy_limit_wh: int = 0,
         seconds: float | None = None,
     ) -> None:
         """One session: charging 0x13s until stopped, then the 0x3B record."""
@@ -569,11 +581,18 @@ class CbpSimCharger:
             await self.send(self.realtime(gun))
         gun.power_w = 0
         record = TransactionRecord(
-            serial=serial, pile=self.pile, gun=gun.number,
-            start_time=gun.start_time or local_now(), stop_time=local_now(),
-            meter_start_wh=gun.meter_start, meter_stop_wh=gun.meter_wh,
-            energy_wh=gun.meter_wh - gun.meter_start, auth_method=method, offline=False,
-            token=token, stop_reason=reason,
+            serial=serial,
+            pile=self.pile,
+            gun=gun.number,
+            start_time=gun.start_time or local_now(),
+            stop_time=local_now(),
+            meter_start_wh=gun.meter_start,
+            meter_stop_wh=gun.meter_wh,
+            energy_wh=gun.meter_wh - gun.meter_start,
+            auth_method=method,
+            offline=False,
+            token=token,
+            stop_reason=reason,
         )
         self.records[serial] = record
         await self._status(gun, GunStatus.FINISHING)
@@ -585,16 +604,22 @@ class CbpSimCharger:
         """Send the record until a 0x40 confirms it (or the connection ends)."""
         while serial in self.records:
             with contextlib.suppress(TimeoutError):
-                await self.request(self.records[serial], MessageType.TRANSACTION_CONFIRM,
-                                   "TransactionRecord", timeout=self.config.record_retry)
+                await self.request(
+                    self.records[serial],
+                    MessageType.TRANSACTION_CONFIRM,
+                    "TransactionRecord",
+                    timeout=self.config.record_retry,
+                )
 
     def own_serial(self, gun: int) -> str:
         return make_serial(self.pile, gun, local_now(), next(self._counter) % 10000)
 
-    async def authorize(self, gun: int, token: str,
-                        method: AuthMethod = AuthMethod.CARD) -> AuthResult:
-        reply = await self.request(AuthRequest(self.pile, gun, method, token),
-                                   MessageType.AUTH_RESULT, "AuthRequest")
+    async def authorize(
+        self, gun: int, token: str, method: AuthMethod = AuthMethod.CARD
+    ) -> AuthResult:
+        reply = await self.request(
+            AuthRequest(self.pile, gun, method, token), MessageType.AUTH_RESULT, "AuthRequest"
+        )
         assert isinstance(reply, AuthResult)
         return reply
 
@@ -613,8 +638,9 @@ class CbpSimCharger:
                 else:
                     serial = self.own_serial(gun.number)  # free vend
                 if gun.serial is None:
-                    await self._charge(gun, serial, AuthMethod.CARD, ap.token,
-                                       seconds=ap.charge_seconds)
+                    await self._charge(
+                        gun, serial, AuthMethod.CARD, ap.token, seconds=ap.charge_seconds
+                    )
                 else:
                     await self._status(gun, GunStatus.AVAILABLE)
             await asyncio.sleep(ap.idle_seconds)
@@ -632,15 +658,15 @@ def cbp_config(opts: LoadOptions, n: int, charging: bool) -> CbpChargerConfig:
         heartbeat_interval=opts.heartbeat_interval,
         request_timeout=opts.call_timeout,
         auth_key=opts.password or "",
-        autopilot=CbpAutopilot(
-            charge_seconds=opts.charge_seconds, idle_seconds=opts.idle_seconds
-        ) if charging else None,
+        autopilot=CbpAutopilot(charge_seconds=opts.charge_seconds, idle_seconds=opts.idle_seconds)
+        if charging
+        else None,
     )
 
 
 async def run_cbp_load(opts: LoadOptions, out: Callable[[str], None] = print) -> LoadReport:
     """Load mode speaking CBP/1: the same figures as the OCPP load mode."""
-    from .load import LoadReport, _ms, _raise_fd_limit, _rss_mb, summary
+    from .load import _raise_fd_limit, drive
 
     host, port = parse_tcp_url(opts.url)
     warning = _raise_fd_limit(opts.count + 100)
@@ -654,77 +680,7 @@ async def run_cbp_load(opts: LoadOptions, out: Callable[[str], None] = print) ->
         is_charging = int((n + 1) * share) > int(n * share)
         charging += is_charging
         chargers.append(CbpSimCharger(cbp_config(opts, n, is_charging), host, port, stats=stats))
-    out(f"load: {opts.count} chargers ({charging} charging) at {opts.ramp:g}/s for "
-        f"{opts.duration:g} s against {opts.url} (CBP/1)")
-    t0 = time.monotonic()
-    end = t0 + opts.duration
-    connected_max = 0
-    ever: set[int] = set()
-    last_frames = 0
-    last_counts = list(stats.latency.counts)
-    last_t = t0
-    report = LoadReport(opts.count, 0.0, stats, 0, 0, 0, charging, 0.0)
-
-    def tick(final: bool = False) -> None:
-        nonlocal connected_max, last_frames, last_counts, last_t
-        now = time.monotonic()
-        online = 0
-        for i, c in enumerate(chargers):
-            if c.online:
-                online += 1
-                ever.add(i)
-        connected_max = max(connected_max, online)
-        report.connected_end = online
-        frames = stats.frames_in + stats.frames_out
-        rate = (frames - last_frames) / max(1e-9, now - last_t)
-        window = LatencyHistogram()
-        window.counts = [a - b for a, b in zip(stats.latency.counts, last_counts, strict=True)]
-        window.total = sum(window.counts)
-        window.max = stats.latency.max
-        last_frames, last_counts, last_t = frames, list(stats.latency.counts), now
-        if not final:
-            out(
-                f"t={now - t0:6.1f}s  online {online:>6}/{opts.count}  "
-                f"connects {stats.connects} failed {stats.connect_failures}  "
-                f"msgs/s {rate:8.0f}  p50 {_ms(window.percentile(50))} "
-                f"p95 {_ms(window.percentile(95))} p99 {_ms(window.percentile(99))}  "
-                f"errors {stats.error_count}"
-            )
-
-    async def ramp() -> None:
-        for n, c in enumerate(chargers):
-            delay = t0 + n / opts.ramp - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() >= end:
-                return
-            c.start()
-
-    ramp_task = asyncio.create_task(ramp())
-    try:
-        next_report = t0 + opts.report_every
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            await asyncio.sleep(max(0.0, min(next_report, end) - now))
-            if time.monotonic() >= next_report:
-                tick()
-                next_report += opts.report_every
-    finally:
-        ramp_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ramp_task
-        tick(final=True)
-        report.seconds = time.monotonic() - t0
-        report.connected_max = connected_max
-        report.chargers_connected_once = len(ever)
-        report.rss_mb = _rss_mb()
-        await asyncio.gather(*(c.close(timeout=5) for c in chargers), return_exceptions=True)
-    report.lines = summary(report)
-    for line in report.lines:
-        out(line)
-    return report
+    return await drive(opts, out, chargers, stats, charging, lambda c: c.online, " (CBP/1)")
 
 
 __all__ = [

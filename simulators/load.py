@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import pileid
 from pileid import Kind
@@ -73,9 +73,7 @@ class LoadOptions:
         if self.id_format is not None:
             return self.id_format.format(n=n)
         kind = Kind.AC if self.kind == "AC" else Kind.DC
-        return pileid.build_pile_id(
-            self.region, self.operator, kind, self.first_serial + n
-        ).text
+        return pileid.build_pile_id(self.region, self.operator, kind, self.first_serial + n).text
 
 
 @dataclass(slots=True)
@@ -114,8 +112,10 @@ def _raise_fd_limit(needed: int) -> str | None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, max(needed, soft)), hard))
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft < needed:
-        return (f"open-file limit is {soft}, {needed} needed for {needed - 100} chargers "
-                "(raise it with ulimit -n)")
+        return (
+            f"open-file limit is {soft}, {needed} needed for {needed - 100} chargers "
+            "(raise it with ulimit -n)"
+        )
     return None
 
 
@@ -149,7 +149,9 @@ def charger_config(opts: LoadOptions, n: int, charging: bool) -> ChargerConfig:
             charge_seconds=opts.charge_seconds,
             idle_seconds=opts.idle_seconds,
             first_delay=1.0,
-        ) if charging else None,
+        )
+        if charging
+        else None,
     )
 
 
@@ -170,11 +172,44 @@ async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> Loa
     for n in range(opts.count):
         is_charging = int((n + 1) * share) > int(n * share)
         charging += is_charging
-        d = SimulatedCharger(charger_config(opts, n, is_charging), opts.url, stats=stats,
-                             trace=False, open_timeout=30)
+        d = SimulatedCharger(
+            charger_config(opts, n, is_charging),
+            opts.url,
+            stats=stats,
+            trace=False,
+            open_timeout=30,
+        )
         drivers.append(d)
-    out(f"load: {opts.count} chargers ({charging} charging) at {opts.ramp:g}/s for "
-        f"{opts.duration:g} s against {opts.url}")
+    return await drive(opts, out, drivers, stats, charging, lambda d: d.model.online, "")
+
+
+class LoadUnit(Protocol):
+    """A simulated charger as load mode drives it (any protocol)."""
+
+    def start(self) -> object: ...
+
+    async def close(self, timeout: float = ...) -> None: ...
+
+
+U = TypeVar("U", bound=LoadUnit)
+
+
+async def drive(
+    opts: LoadOptions,
+    out: Callable[[str], None],
+    units: list[U],
+    stats: Stats,
+    charging: int,
+    is_online: Callable[[U], bool],
+    label: str,
+) -> LoadReport:
+    """Ramp the chargers up, print a progress line every ``report_every``
+    seconds, stop after ``duration``, close them and return the figures.
+    Shared by the OCPP and CBP/1 load modes."""
+    out(
+        f"load: {opts.count} chargers ({charging} charging) at {opts.ramp:g}/s for "
+        f"{opts.duration:g} s against {opts.url}{label}"
+    )
     t0 = time.monotonic()
     end = t0 + opts.duration
     connected_max = 0
@@ -188,8 +223,8 @@ async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> Loa
         nonlocal connected_max, last_frames, last_counts, last_t
         now = time.monotonic()
         online = 0
-        for i, d in enumerate(drivers):
-            if d.model.online:
+        for i, u in enumerate(units):
+            if is_online(u):
                 online += 1
                 ever.add(i)
         connected_max = max(connected_max, online)
@@ -211,14 +246,14 @@ async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> Loa
             )
 
     async def ramp() -> None:
-        for n, d in enumerate(drivers):
+        for n, u in enumerate(units):
             target = t0 + n / opts.ramp
             delay = target - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             if time.monotonic() >= end:
                 return
-            d.start()
+            u.start()
 
     ramp_task = asyncio.create_task(ramp())
     try:
@@ -240,7 +275,7 @@ async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> Loa
         report.connected_max = connected_max
         report.chargers_connected_once = len(ever)
         report.rss_mb = _rss_mb()
-        await asyncio.gather(*(d.close(timeout=5) for d in drivers), return_exceptions=True)
+        await asyncio.gather(*(u.close(timeout=5) for u in units), return_exceptions=True)
     report.lines = summary(report)
     for line in report.lines:
         out(line)
@@ -268,8 +303,10 @@ def summary(r: LoadReport) -> list[str]:
         )
     errors = ", ".join(f"{k} {v}" for k, v in s.errors.most_common()) or "none"
     lines.append(f"errors: {s.error_count} ({errors})")
-    lines.append(f"load process peak RSS: {r.rss_mb:.0f} MB "
-                 f"({r.rss_mb * 1024 / max(r.count, 1):.0f} KiB per charger, all included)")
+    lines.append(
+        f"load process peak RSS: {r.rss_mb:.0f} MB "
+        f"({r.rss_mb * 1024 / max(r.count, 1):.0f} KiB per charger, all included)"
+    )
     return lines
 
 
