@@ -145,18 +145,9 @@ class CommandService:
     ) -> QueuedCommand:
         # Validate now, so a bad payload is refused to the operator at once
         # rather than failing silently when the pile comes back.
-        from protocol.ocpp import OcppError, Validator
+        from .ocpp.connection import check_command_payload
 
-        try:
-            Validator("1.6").validate_request(action, payload)
-        except OcppError as exc:
-            raise CommandError(
-                400,
-                "invalid_payload",
-                f"{action}: {exc.description}",
-                ocpp_error=exc.error_code.value,
-                details=exc.details,
-            ) from exc
+        check_command_payload(action, payload)
         cmd = QueuedCommand(
             id=next(_ids),
             pile_id=pile_id,

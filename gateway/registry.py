@@ -8,7 +8,9 @@ close cannot mark the pile offline under its successor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +24,33 @@ class CommandError(Exception):
         self.status = status
         self.code = code
         self.extra = extra
+
+
+class CallGate:
+    """One request in flight per charger (OCPP-J 1.6 §4.1.1; CBP/1 §4), at
+    most ``limit`` more waiting behind it; the next one is refused with 429."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self, pile_id: str, limit: int) -> AsyncIterator[None]:
+        if self.waiting >= limit:
+            raise CommandError(
+                429,
+                "command_queue_full",
+                f"pile {pile_id} already has {self.waiting} commands waiting",
+            )
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
 
 
 @dataclass

@@ -44,10 +44,9 @@ from protocol.cloudboard import (
     WhitelistVersionQuery,
     WhitelistVersionReply,
 )
-from protocol.ocpp import OcppError
 from sessions.charging import AuthMethod as DomainAuthMethod
 
-from ..ocpp.connection import shared_validator
+from ..ocpp.connection import check_command_payload
 from ..registry import CommandError, CommandResult
 from .common import PendingSession
 
@@ -93,16 +92,7 @@ async def translate_call(
 ) -> CommandResult:
     if action not in SUPPORTED:
         raise _not_supported(action, action)
-    try:
-        shared_validator("1.6").validate_request(action, payload)
-    except OcppError as exc:
-        raise CommandError(
-            400,
-            "invalid_payload",
-            f"{action}: {exc.description}",
-            ocpp_error=exc.error_code.value,
-            details=exc.details,
-        ) from exc
+    check_command_payload(action, payload)
     if action == "RemoteStartTransaction":
         response = await _remote_start(conn, payload, timeout)
     elif action == "RemoteStopTransaction":

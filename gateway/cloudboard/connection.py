@@ -35,7 +35,7 @@ from protocol.cloudboard import (
 )
 from sessions.presence import OfflineReason
 
-from ..registry import CommandError, CommandResult
+from ..registry import CallGate, CommandError, CommandResult
 from ..storage.writer import WriteOp
 from .common import MAX_CONSECUTIVE_BAD, MAX_WRITE_BUFFER, PROTOCOL, REPLY_TYPE, to_local
 
@@ -103,8 +103,7 @@ class CbpConnection:
         self.end_detail: tuple[str, str] | None = None  # how the charger's side ended
         # Outgoing requests: one in flight, the others wait (bounded).
         self._seq = itertools.count(1)
-        self._lock = asyncio.Lock()
-        self._waiting = 0
+        self._gate = CallGate()
         self._outstanding: _Outstanding | None = None
         from .handlers import CbpHandlers
 
@@ -244,21 +243,8 @@ class CbpConnection:
         if reply_type is None:
             raise ValueError(f"{type(message).__name__} is not a request the gateway sends")
         budget = self.services.settings.command_timeout if timeout is None else timeout
-        if self._waiting >= self.services.settings.command_queue_size:
-            raise CommandError(
-                429,
-                "command_queue_full",
-                f"pile {self.pile_id} already has {self._waiting} commands waiting",
-            )
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        try:
+        async with self._gate.turn(self.pile_id, self.services.settings.command_queue_size):
             return await self._request_now(message, request_type, reply_type, budget)
-        finally:
-            self._lock.release()
 
     async def _request_now(
         self,

@@ -35,7 +35,7 @@ from protocol.ocpp import (
 )
 from sessions.presence import OfflineReason
 
-from ..registry import CommandError, CommandResult
+from ..registry import CallGate, CommandError, CommandResult
 from ..services import Services
 from ..storage.writer import WriteOp
 
@@ -56,6 +56,21 @@ def shared_validator(version: str) -> Validator:
         v = _VALIDATORS[version] = Validator(version)  # type: ignore[arg-type]
         v.preload()
     return v
+
+
+def check_command_payload(action: str, payload: dict[str, Any]) -> None:
+    """Refuse a command payload the OCPP 1.6 schema refuses (400, naming the
+    field), before anything is sent or queued, whatever the pile's protocol."""
+    try:
+        shared_validator("1.6").validate_request(action, payload)
+    except OcppError as exc:
+        raise CommandError(
+            400,
+            "invalid_payload",
+            f"{action}: {exc.description}",
+            ocpp_error=exc.error_code.value,
+            details=exc.details,
+        ) from exc
 
 
 def new_conn_id() -> str:
@@ -94,8 +109,7 @@ class OcppConnection:
         self.soc_flagged = False
         self.boot_rejected = False
         self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
-        self._call_lock = asyncio.Lock()
-        self._waiting = 0
+        self._gate = CallGate()
         from .handlers import OcppHandlers
 
         self.handlers = OcppHandlers(self)
@@ -248,31 +262,9 @@ class OcppConnection:
     async def call(self, action: str, payload: dict[str, Any], timeout: float) -> CommandResult:
         """Send a CALL and wait for the answer; one outstanding call per
         charger (OCPP-J 1.6 §4.1.1), the others wait in a bounded queue."""
-        try:
-            self.validator.validate_request(action, payload)
-        except OcppError as exc:
-            raise CommandError(
-                400,
-                "invalid_payload",
-                f"{action}: {exc.description}",
-                ocpp_error=exc.error_code.value,
-                details=exc.details,
-            ) from exc
-        if self._waiting >= self.services.settings.command_queue_size:
-            raise CommandError(
-                429,
-                "command_queue_full",
-                f"pile {self.pile_id} already has {self._waiting} commands waiting",
-            )
-        self._waiting += 1
-        try:
-            await self._call_lock.acquire()
-        finally:
-            self._waiting -= 1
-        try:
+        check_command_payload(action, payload)
+        async with self._gate.turn(self.pile_id, self.services.settings.command_queue_size):
             return await self._call_now(action, payload, timeout)
-        finally:
-            self._call_lock.release()
 
     async def _call_now(
         self, action: str, payload: dict[str, Any], timeout: float
