@@ -14,12 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .cli_firmware import DEFAULT_API_URL, ApiClient, CliError
-
-
-def _client(args: argparse.Namespace) -> ApiClient:
-    token = args.api_token if args.api_token is not None else os.environ.get("PILEGATE_API_TOKEN")
-    return ApiClient(args.api_url, token)
+from .cli_firmware import DEFAULT_API_URL, ApiClient, CliError, _client
 
 
 def _run(
