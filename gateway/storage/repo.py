@@ -450,47 +450,6 @@ class Store:
             return [_copy(TokenRecord, r) for r in rows]
 
     # --- transactions ----------------------------------------------------------
-    async def start_transaction(
-        self,
-        *,
-        pile_id: str,
-        connector_id: int,
-        protocol: str,
-        id_tag: str,
-        auth_method: str,
-        offline: bool,
-        auth_status: str,
-        start_at: datetime,
-        meter_start: int,
-        reservation_id: int | None,
-        now: datetime,
-        external_id: str | None = None,
-        events: EventRows | None = None,
-        node_id: str = "",
-    ) -> tuple[TransactionRecord, bool]:
-        """Durably allocate a transaction id; a retransmission gets the same one.
-
-        Returns (record, created).
-        """
-        async with self._sessions() as s, s.begin():
-            return await self.start_transaction_in(
-                s,
-                pile_id=pile_id,
-                connector_id=connector_id,
-                protocol=protocol,
-                id_tag=id_tag,
-                auth_method=auth_method,
-                offline=offline,
-                auth_status=auth_status,
-                start_at=start_at,
-                meter_start=meter_start,
-                reservation_id=reservation_id,
-                now=now,
-                external_id=external_id,
-                events=events,
-                node_id=node_id,
-            )
-
     async def start_transaction_in(
         self,
         s: AsyncSession,
@@ -510,6 +469,10 @@ class Store:
         events: EventRows | None = None,
         node_id: str = "",
     ) -> tuple[TransactionRecord, bool]:
+        """Durably allocate a transaction id, in the caller's session (the
+        write queue runs it with ``WriteBehind.call``); a retransmission gets
+        the same one. Returns (record, created).
+        """
         values = {
             "pile_id": pile_id,
             "connector_id": connector_id,
@@ -552,42 +515,6 @@ class Store:
             _add_outbox(s, node_id, rec.pile_id, now, events(rec))
         return rec, created
 
-    async def stop_transaction(
-        self,
-        *,
-        pile_id: str,
-        transaction_id: int,
-        stop_at: datetime,
-        meter_stop: int,
-        reason: str | None,
-        stop_id_tag: str | None,
-        stop_offline: bool,
-        samples: list[dict[str, Any]],
-        now: datetime,
-        raw_payload: str,
-        events: EventRows | None = None,
-        node_id: str = "",
-    ) -> TransactionRecord | None:
-        """Complete a transaction with its final samples, in one database
-        transaction. Returns None (and records an orphan stop) when the id is
-        unknown for this pile. Idempotent: a repeated stop changes nothing."""
-        async with self._sessions() as s, s.begin():
-            return await self.stop_transaction_in(
-                s,
-                pile_id=pile_id,
-                transaction_id=transaction_id,
-                stop_at=stop_at,
-                meter_stop=meter_stop,
-                reason=reason,
-                stop_id_tag=stop_id_tag,
-                stop_offline=stop_offline,
-                samples=samples,
-                now=now,
-                raw_payload=raw_payload,
-                events=events,
-                node_id=node_id,
-            )
-
     async def stop_transaction_in(
         self,
         s: AsyncSession,
@@ -605,6 +532,9 @@ class Store:
         events: EventRows | None = None,
         node_id: str = "",
     ) -> TransactionRecord | None:
+        """Complete a transaction with its final samples, in one database
+        transaction. Returns None (and records an orphan stop) when the id is
+        unknown for this pile. Idempotent: a repeated stop changes nothing."""
         row = await s.get(Transaction, transaction_id, with_for_update=True)
         if row is None or row.pile_id != pile_id:
             s.add(

@@ -193,24 +193,6 @@ def upsert_gun_stmt(session: AsyncSession) -> Any:
     )
 
 
-def upsert_gun(session: AsyncSession, row: dict[str, Any]) -> Any:
-    dialect = session.get_bind().dialect.name
-    mod: Any
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql as mod
-    else:
-        from sqlalchemy.dialects import sqlite as mod
-    stmt = mod.insert(Gun).values(row)
-    changing = {k: stmt.excluded[k] for k in row if k not in ("pile_id", "connector_id")}
-    # Statuses may arrive late (replayed after an outage): only a newer status
-    # replaces the current one.
-    return stmt.on_conflict_do_update(
-        index_elements=["pile_id", "connector_id"],
-        set_=changing,
-        where=Gun.status_at <= stmt.excluded.status_at,
-    )
-
-
 # SQLite allows 32766 bound parameters per statement; 13 columns per sample.
 _METER_CHUNK = 1000
 
