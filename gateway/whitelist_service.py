@@ -197,12 +197,8 @@ class WhitelistService:
     async def _lists_fingerprint(self) -> tuple[Any, ...]:
         async with self.services.store.sessions() as s:
             parts: list[Any] = []
-            for model, col in (
-                (WhitelistRow, WhitelistRow.updated_at),
-                (Token, Token.updated_at),
-            ):
+            for col in (WhitelistRow.updated_at, Token.updated_at):
                 parts.extend((await s.execute(select(func.count(), func.max(col)))).one())
-                del model
             for table in (WhitelistToken, WhitelistAssignment, TokenBinding):
                 parts.append(await s.scalar(select(func.count()).select_from(table)))
             return tuple(str(p) for p in parts)
