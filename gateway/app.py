@@ -167,6 +167,15 @@ class Gateway:
         assert self.ocpp is not None
         return self.ocpp.port
 
+    @property
+    def cbp_port(self) -> int:
+        """The bound port of the cloud-board listener (``cbp_port`` 0 binds any)."""
+        from .cloudboard.server import CbpServer
+
+        server = next((e for e in self.extensions if isinstance(e, CbpServer)), None)
+        assert server is not None, "the CBP/1 listener is not running"
+        return server.port
+
     def _tick_period(self) -> float:
         s = self.settings
         # Deadlines are noticed up to one period late; keep that small

@@ -33,7 +33,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 from protocol.cloudboard import (
     AuthMethod,
@@ -89,6 +88,7 @@ from protocol.cloudboard import (
     make_serial,
 )
 
+from .cbp_charger import parse_tcp_url
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -102,14 +102,6 @@ def local_now() -> datetime:
     """Now as the charger's naive local time, to the millisecond."""
     t = datetime.now(UTC) + LOCAL
     return t.replace(tzinfo=None, microsecond=t.microsecond // 1000 * 1000)
-
-
-def parse_tcp_url(url: str) -> tuple[str, int]:
-    """``tcp://host:port`` (or ``host:port``) → (host, port)."""
-    parts = urlsplit(url if "://" in url else f"tcp://{url}")
-    if parts.scheme not in ("tcp", "cbp") or not parts.hostname or parts.port is None:
-        raise ValueError(f"CBP/1 URL must look like tcp://HOST:PORT, got {url!r}")
-    return parts.hostname, parts.port
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,9 @@ class SimulatorError(Exception):
 # --- actions -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SendFrame:
-    text: str
+    """One frame to write: OCPP-J text, or CBP/1 bytes (``simulators.cbp_charger``)."""
+
+    text: str | bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +116,13 @@ class Outgoing:
     tx_ref: int | None = None
     gun: int | None = None
     attempts: int = 0
+    keep: bool = False  # kept across link losses whatever its action (CBP/1 records)
 
     @property
     def persistent(self) -> bool:
-        return self.action in PERSISTENT_ACTIONS and (
-            self.action != "MeterValues" or self.tx_ref is not None
+        return self.keep or (
+            self.action in PERSISTENT_ACTIONS
+            and (self.action != "MeterValues" or self.tx_ref is not None)
         )
 
 
@@ -187,6 +191,11 @@ class ConfigKey:
 class Charger:
     """One simulated charger (see the module docstring)."""
 
+    protocol: ClassVar[str] = "ocpp1.6"
+    #: The stop reason of a charge that reached the energy limit set at the
+    #: charger: OCPP 1.6 has no better one than Local.
+    LIMIT_REASON: ClassVar[str] = "Local"
+
     def __init__(
         self,
         config: ChargerConfig,
@@ -230,6 +239,10 @@ class Charger:
         self.firmware_status = "Idle"
         self.firmware_report: str | None = None  # sent after the next accepted boot
         self.links = 0  # links opened in this process (for reports)
+        # Refusals inside the protocol (CBP/1 login rejections); an OCPP
+        # refusal is an HTTP answer the driver sees.
+        self.login_refusals = 0
+        self.login_reason: str | None = None
         self._uids = itertools.count(1)
         self._tx_refs = itertools.count(1)
         self.keys = self._initial_keys()
@@ -917,7 +930,9 @@ class Charger:
             at = tx.last_update + look.seconds / self.scale
             if at <= end_at:
                 end_at = at
-                reason = "Local" if look.ended == "limit" else self.config.stop_after_reason
+                reason = (
+                    self.LIMIT_REASON if look.ended == "limit" else self.config.stop_after_reason
+                )
         elif recheck:
             end_at, reason = horizon_end, ""  # no samples: look again then
         tx.end_at = end_at

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .scenario import Scenario, ScenarioError, load_scenario, shipped_scenarios
+from .config import PROTOCOLS, Protocol
+from .scenario import Scenario, ScenarioError, load_scenario, shipped_scenarios, with_protocol
 
 
 def register(sub: Any) -> None:
@@ -25,7 +26,8 @@ def register(sub: Any) -> None:
     sim = sub.add_parser(
         "sim",
         help="simulated chargers, QA scenarios and load",
-        description="Simulated OCPP 1.6J chargers: QA scenarios (docs/simulator.md) and load.",
+        description="Simulated OCPP 1.6J and cloud-board CBP/1 chargers: QA scenarios "
+        "(docs/simulator.md) and load.",
     )
     simsub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
 
@@ -41,6 +43,12 @@ def register(sub: Any) -> None:
     run.add_argument("--gateway-url", default="ws://127.0.0.1:9000/ocpp",
                      help="OCPP-J URL prefix; chargers connect to URL/{pileId} "
                           "(default %(default)s)")
+    run.add_argument("--cbp-url", default="tcp://127.0.0.1:9010",
+                     help="the gateway's cloud-board (CBP/1) listener, for chargers that "
+                          "speak cbp1 (default %(default)s)")
+    run.add_argument("--protocol", choices=list(PROTOCOLS), default=None,
+                     help="make every charger of every scenario speak this protocol "
+                          "(default: as each scenario says; 'ocpp1.6' unless it says cbp1)")
     run.add_argument("--api-url", default="http://127.0.0.1:8080",
                      help="ops API base URL (default %(default)s)")
     run.add_argument("--api-token", default=None,
@@ -149,12 +157,14 @@ def _expand(files: Sequence[str]) -> list[Path]:
     return out
 
 
-def load_all(files: Sequence[str], err: TextIO) -> list[Scenario] | None:
+def load_all(
+    files: Sequence[str], err: TextIO, protocol: Protocol | None = None
+) -> list[Scenario] | None:
     scenarios: list[Scenario] = []
     failed = False
     for path in _expand(files):
         try:
-            scenarios.append(load_scenario(path))
+            scenarios.append(with_protocol(load_scenario(path), protocol))
         except ScenarioError as exc:
             print(f"pilegate sim: {exc}", file=err)
             failed = True
@@ -167,6 +177,7 @@ async def run_scenarios(
     gateway_url: str,
     api_url: str,
     api_token: str | None,
+    cbp_url: str | None = None,
     junit: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -186,10 +197,14 @@ async def run_scenarios(
                   file=err)
         live.prefix = f"[{i}/{len(scenarios)}] "
         live.started = time.monotonic()
-        runner = ScenarioRunner(
-            sc, gateway_url=gateway_url, api_url=api_url, api_token=api_token,
-            progress=live.update,
-        )
+        try:
+            runner = ScenarioRunner(
+                sc, gateway_url=gateway_url, api_url=api_url, api_token=api_token,
+                progress=live.update, cbp_url=cbp_url,
+            )
+        except ScenarioError as exc:
+            print(f"pilegate sim: {exc}", file=err)
+            return 2
         ticker = asyncio.create_task(_redraw(live)) if live.tty and progress else None
         try:
             results.append(await runner.run())
@@ -213,14 +228,14 @@ async def _redraw(live: LiveLine) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    scenarios = load_all(args.files, sys.stderr)
+    scenarios = load_all(args.files, sys.stderr, args.protocol)
     if scenarios is None:
         return 2
     token = args.api_token or os.environ.get("PILEGATE_API_TOKEN")
     return asyncio.run(
         run_scenarios(
             scenarios, gateway_url=args.gateway_url, api_url=args.api_url, api_token=token,
-            junit=args.junit, progress=not args.quiet,
+            cbp_url=args.cbp_url, junit=args.junit, progress=not args.quiet,
         )
     )
 

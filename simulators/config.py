@@ -72,10 +72,17 @@ class Autopilot(_Frozen):
     first_delay: Annotated[float, Field(ge=0)] = 0.0
 
 
+Protocol = Literal["ocpp1.6", "cbp1"]
+PROTOCOLS: tuple[Protocol, ...] = ("ocpp1.6", "cbp1")
+
+
 class ChargerConfig(_Frozen):
-    """One simulated OCPP 1.6J charger."""
+    """One simulated charger, speaking OCPP 1.6J or cloud-board CBP/1."""
 
     pile_id: Annotated[str, Field(min_length=1, max_length=64)]
+    protocol: Protocol = Field(
+        "ocpp1.6", description="ocpp1.6 (OCPP-J over WebSocket) or cbp1 (cloud-board over TCP)"
+    )
     kind: Kind | None = Field(
         None, description="AC or DC; derived from the pile ID when omitted"
     )
@@ -161,7 +168,27 @@ class ChargerConfig(_Frozen):
                 raise ValueError(f"a DC charger has 60 to 120 kW per gun, not {power:g}")
         if self.boot_retry_max < self.boot_retry_base:
             raise ValueError("boot_retry_max must be >= boot_retry_base")
+        if self.protocol == "cbp1":
+            self._check_cbp1()
         return self
+
+    def _check_cbp1(self) -> None:
+        """What a CBP/1 Login can carry (CBP/1 §2, §3 0x01): the codec would
+        refuse it later, in the middle of a run."""
+        if not self.pile_id.isdigit() or not self.pile_id.isascii() or len(self.pile_id) > 20:
+            raise ValueError(
+                f"a CBP/1 pile ID is up to 20 digits (sent as BCD, zero-padded), not "
+                f"{self.pile_id!r}"
+            )
+        limits = (("model", self.model, 16), ("firmware_version", self.firmware_version, 24),
+                  ("password", self.password or "", 16))
+        for name, value, size in limits:
+            if len(value) > size or not value.isascii():
+                raise ValueError(
+                    f"{name} {value!r}: CBP/1 carries at most {size} ASCII characters"
+                )
+        if self.iccid is not None and not (self.iccid.isdigit() and len(self.iccid) == 20):
+            raise ValueError("iccid: CBP/1 carries a 20-digit ICCID (BCD10)")
 
     @property
     def effective_kind(self) -> Kind:

@@ -1,25 +1,28 @@
 """The asyncio adapter of a simulated charger: one task per charger.
 
-It connects the WebSocket, feeds received frames and the passing of time to
-the sans-I/O model (``simulators.charger.Charger``) and executes the model's
-actions (send a frame, close the link, download firmware). It also plays
-the network: faults are injected here, never in the model, so the model sees
-exactly what firmware would see.
+It opens the link (a WebSocket for OCPP 1.6J, a TCP connection for
+cloud-board CBP/1), feeds received frames and the passing of time to the
+sans-I/O model (``simulators.charger.Charger`` or
+``simulators.cbp_charger.CbpCharger``) and executes the model's actions
+(send a frame, close the link, download firmware). It also plays the
+network: faults are injected here, never in the model, so the model sees
+exactly what firmware would see, and the same faults apply to both
+protocols.
 
 Faults (see docs/simulator.md, "Network faults"):
 
-* ``clean``: WebSocket close handshake (1000); the network stays down until
-  :meth:`SimulatedCharger.restore`;
+* ``clean``: the link is closed properly (WebSocket close 1000; TCP FIN for
+  CBP/1); the network stays down until :meth:`SimulatedCharger.restore`;
 * ``abrupt``: the TCP connection is dropped without a closing handshake
-  (``transport.abort()``); down until restored;
+  (``transport.abort()``, a reset); down until restored;
 * ``half_open``: the SIM-cut case. The socket stays open, but the charger
   stops reading (``transport.pause_reading()``, so the websockets library
   cannot answer the server's pings either) and everything it sends is lost.
-  The charger notices only when one of its own CALLs times out; the server
-  notices through its ping/pong or heartbeat watchdog. On restore the charger
-  opens a new connection *before* the dead one is dropped, which is what a
-  server sees when a charger comes back before its old link was declared
-  dead (duplicate connection, takeover);
+  The charger notices only when one of its own requests times out; the
+  server notices through its ping/pong or heartbeat watchdog. On restore the
+  charger opens a new connection *before* the dead one is dropped, which is
+  what a server sees when a charger comes back before its old link was
+  declared dead (duplicate connection, takeover);
 * ``latency``: every frame the charger sends is delayed;
 * ``flap``: repeated down/up cycles.
 """
@@ -33,18 +36,97 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .cbp_charger import CbpCharger, parse_tcp_url
 from .charger import AuthMethod, Charger, CloseLink, SendFrame, StartDownload
 from .config import ChargerConfig, Vehicle
 from .stats import Stats
 
 FaultMode = Literal["clean", "abrupt", "half_open"]
 INF = float("inf")
+
+
+class LinkClosed(Exception):
+    """The link ended (closed by the peer, reset, or written after its end)."""
+
+
+class Link(Protocol):
+    """One open connection to the gateway, whatever the protocol."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, data: str | bytes) -> None: ...
+
+    async def close(self, reason: str) -> None: ...
+
+
+class WsLink:
+    """OCPP-J: one WebSocket message is one frame."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.ws.transport
+
+    async def recv(self) -> str | bytes:
+        try:
+            return await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise LinkClosed(str(exc)) from None
+
+    async def send(self, data: str | bytes) -> None:
+        try:
+            await self.ws.send(data)
+        except ConnectionClosed as exc:
+            raise LinkClosed(str(exc)) from None
+
+    async def close(self, reason: str) -> None:
+        await self.ws.close(1000, reason[:100])
+
+
+class TcpLink:
+    """CBP/1: a byte stream; the model's decoder cuts it into frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return cast(asyncio.Transport, self.writer.transport)
+
+    async def recv(self) -> str | bytes:
+        try:
+            data = await self.reader.read(65536)
+        except OSError as exc:
+            raise LinkClosed(str(exc)) from None
+        if not data:
+            raise LinkClosed("closed by the gateway")
+        return data
+
+    async def send(self, data: str | bytes) -> None:
+        if self.writer.transport.is_closing():
+            raise LinkClosed("closed")
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            raise LinkClosed(str(exc)) from None
+
+    async def close(self, reason: str) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 class SimulatedCharger:
@@ -59,19 +141,26 @@ class SimulatedCharger:
         trace: bool = True,
         open_timeout: float = 10.0,
     ) -> None:
-        self.model = Charger(config, now=time.time(), stats=stats, trace=trace)
+        model_class = CbpCharger if config.protocol == "cbp1" else Charger
+        self.model: Charger = model_class(config, now=time.time(), stats=stats, trace=trace)
         self.config = config
-        self.url = base_url.rstrip("/") + "/" + config.pile_id
+        self.cbp = config.protocol == "cbp1"
+        if self.cbp:
+            # tcp://HOST:PORT of the gateway's CBP/1 listener
+            self.url = base_url
+            self.host, self.port = parse_tcp_url(base_url)
+        else:
+            self.url = base_url.rstrip("/") + "/" + config.pile_id
         self.open_timeout = open_timeout
-        self.handshake_status: int | None = None  # last refusal's HTTP status
+        self.handshake_status: int | None = None  # last refusal's HTTP status (OCPP)
         self.handshake_body: str = ""
-        self.handshake_refusals = 0
+        self._http_refusals = 0
         self.connect_error: str | None = None
         self.network_up = True
         self.blackhole = False
         self.latency = 0.0
-        self._ws: ClientConnection | None = None
-        self._zombies: list[ClientConnection] = []
+        self._ws: Link | None = None
+        self._zombies: list[Link] = []
         self._cm: asyncio.Timeout | None = None
         self._poked = False
         self._closing = False
@@ -96,7 +185,7 @@ class SimulatedCharger:
         self.poke()
         if ws is not None and not self.blackhole:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(1000, "simulator stopped"), timeout)
+                await asyncio.wait_for(ws.close("simulator stopped"), timeout)
         for z in [*self._zombies, *([ws] if ws is not None and self.blackhole else [])]:
             _abort(z)
         self._zombies.clear()
@@ -111,6 +200,18 @@ class SimulatedCharger:
     @property
     def connected(self) -> bool:
         return self._ws is not None
+
+    @property
+    def handshake_refusals(self) -> int:
+        """Refused admissions: HTTP refusals of the WebSocket handshake (OCPP),
+        rejected Logins (CBP/1)."""
+        return self._http_refusals + self.model.login_refusals
+
+    @property
+    def admitted(self) -> bool:
+        """The gateway let the charger in: the WebSocket upgrade was accepted
+        (OCPP), the Login was accepted (CBP/1: the TCP connect says nothing)."""
+        return self.model.online if self.cbp else self.connected
 
     def poke(self) -> None:
         """Something changed outside the task (a user action, a fault): let
@@ -155,7 +256,7 @@ class SimulatedCharger:
                         raw = await ws.recv()
             except TimeoutError:
                 pass
-            except ConnectionClosed:
+            except LinkClosed:
                 self._link_lost(ws)
             finally:
                 self._cm = None
@@ -167,9 +268,9 @@ class SimulatedCharger:
                 model.receive(raw, time.time())
         if self._ws is not None and not self.blackhole:
             with contextlib.suppress(Exception):
-                await self._ws.close(1000, "simulator stopped")
+                await self._ws.close("simulator stopped")
 
-    def _link_lost(self, ws: ClientConnection | None) -> None:
+    def _link_lost(self, ws: Link | None) -> None:
         if ws is None or ws is not self._ws:
             return
         self._ws = None
@@ -182,6 +283,9 @@ class SimulatedCharger:
         self._reconnect_at = time.time() + delay * random.uniform(0.8, 1.2)
 
     async def _connect(self) -> None:
+        if self.cbp:
+            await self._connect_tcp()
+            return
         headers: dict[str, str] = {}
         if self.config.password is not None:
             raw = f"{self.config.pile_id}:{self.config.password}".encode()
@@ -202,7 +306,7 @@ class SimulatedCharger:
             )
         except InvalidStatus as exc:
             self._failures += 1
-            self.handshake_refusals += 1
+            self._http_refusals += 1
             self.handshake_status = exc.response.status_code
             self.handshake_body = exc.response.body.decode("utf-8", "replace") if (
                 exc.response.body
@@ -221,12 +325,30 @@ class SimulatedCharger:
             stats.error(f"connect:{type(exc).__name__}")
             self._schedule_reconnect()
             return
+        self._opened(WsLink(ws))
+
+    async def _connect_tcp(self) -> None:
+        stats = self.model.stats
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=2**16), self.open_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            self._failures += 1
+            self.connect_error = f"{type(exc).__name__}: {exc}"
+            stats.connect_failures += 1
+            stats.error(f"connect:{type(exc).__name__}")
+            self._schedule_reconnect()
+            return
+        self._opened(TcpLink(reader, writer))
+
+    def _opened(self, link: Link) -> None:
         if self._closing or not self.network_up or not self.model.wants_link:
-            _abort(ws)  # the world changed while connecting
+            _abort(link)  # the world changed while connecting
             return
         self._failures = 0
         self.connect_error = None
-        self._ws = ws
+        self._ws = link
         self.model.connected(time.time())
 
     async def _execute(self) -> None:
@@ -247,7 +369,7 @@ class SimulatedCharger:
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, text: str | bytes) -> None:
         ws = self._ws
         if ws is None or self.blackhole:
             return  # lost in the dead link
@@ -257,7 +379,7 @@ class SimulatedCharger:
                 return
         try:
             await ws.send(text)
-        except ConnectionClosed:
+        except LinkClosed:
             self._link_lost(ws)
 
     def _drop(self, action: CloseLink) -> None:
@@ -269,7 +391,7 @@ class SimulatedCharger:
             elif action.abort:
                 _abort(ws)
             else:
-                self._side_task(ws.close(1000, action.reason[:100]))
+                self._side_task(ws.close(action.reason))
         self._schedule_reconnect()
 
     async def _download(self, url: str) -> None:
@@ -308,7 +430,7 @@ class SimulatedCharger:
             _abort(ws)
         else:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(1000, "network down"), 5)
+                await asyncio.wait_for(ws.close("network down"), 5)
         self.poke()
 
     def restore(self) -> None:
@@ -385,7 +507,7 @@ def _more_links(charger: SimulatedCharger, before: int) -> bool:
     return charger.model.links > before
 
 
-def _abort(ws: ClientConnection) -> None:
+def _abort(ws: Link) -> None:
     transport = ws.transport
     if transport is not None:
         transport.abort()

@@ -20,6 +20,7 @@ from xml.etree import ElementTree as ET
 
 import httpx
 
+from .cbp_charger import CbpCharger
 from .charger import SimulatorError
 from .config import Vehicle
 from .driver import SimulatedCharger
@@ -43,6 +44,7 @@ from .scenario import (
     RemoteStop,
     Restore,
     Scenario,
+    ScenarioError,
     SetLocalList,
     SetPassword,
     Step,
@@ -246,15 +248,26 @@ class ScenarioRunner:
         api_url: str,
         api_token: str | None = None,
         progress: Progress | None = None,
+        cbp_url: str | None = None,
     ) -> None:
         self.scenario = scenario
         self.gateway_url = gateway_url
+        self.cbp_url = cbp_url
         self.api_url = api_url.rstrip("/")
         self.api_token = api_token
         self.progress = progress or (lambda _: None)
-        self.drivers: dict[str, SimulatedCharger] = {
-            name: SimulatedCharger(cfg, gateway_url) for name, cfg in scenario.chargers.items()
-        }
+        self.drivers: dict[str, SimulatedCharger] = {}
+        for name, cfg in scenario.chargers.items():
+            if cfg.protocol == "cbp1" and not cbp_url:
+                raise ScenarioError(
+                    f"{scenario.source}: charger {name} speaks cbp1: give the gateway's "
+                    "CBP/1 listener (--cbp-url tcp://HOST:9010)"
+                )
+            url = cbp_url if cfg.protocol == "cbp1" and cbp_url else gateway_url
+            self.drivers[name] = SimulatedCharger(cfg, url)
+        first = next(iter(scenario.chargers.values()), None)
+        #: the protocol of expectations without a charger (metric, api, command)
+        self.main_protocol = first.protocol if first is not None else "ocpp1.6"
         self.commands: dict[str, dict[str, Any]] = {}
         self._event_base: dict[str, int] = {}
         self._tx_base: dict[str, int] = {}
@@ -442,11 +455,14 @@ class ScenarioRunner:
                 await d.wait_until(lambda: d.connected, s.timeout, "connection")
             elif s.until == "refused":
                 await d.wait_until(
-                    lambda: d.handshake_refusals > 0 or d.connected, s.timeout,
-                    "handshake answer",
+                    lambda: d.handshake_refusals > 0 or d.admitted, s.timeout,
+                    "handshake answer" if not d.cbp else "login answer",
                 )
-                if d.connected:
-                    raise StepFailed("the handshake was accepted, a refusal was expected")
+                if d.admitted:
+                    raise StepFailed(
+                        f"the {'login' if d.cbp else 'handshake'} was accepted, "
+                        "a refusal was expected"
+                    )
         elif isinstance(s, Disconnect):
             await d.disconnect(s.mode)
         elif isinstance(s, Restore):
@@ -508,9 +524,7 @@ class ScenarioRunner:
             self._record(s.name, res)
             _check_command(res, "RemoteStartTransaction", s.expect_status)
         elif isinstance(s, RemoteStop):
-            await d.wait_until(lambda: m.server_transaction_id(s.gun) is not None, 10,
-                               f"a transaction id for gun {s.gun}")
-            tx_id = m.server_transaction_id(s.gun)
+            tx_id = await self._transaction_id(d, s.charger, s.gun)
             res = await self._command(s.charger, "RemoteStopTransaction",
                                       {"transactionId": tx_id})
             self._record(s.name, res)
@@ -541,6 +555,30 @@ class ScenarioRunner:
                 _check_command(res, "SendLocalList", "Accepted")
         else:  # pragma: no cover - every step type is handled above
             raise StepFailed(f"step type {step.type} is not implemented")
+
+    async def _transaction_id(self, d: SimulatedCharger, charger: str, gun: int) -> int:
+        """The gateway's id of the charge running on ``gun``: the OCPP charger
+        got it in its StartTransaction answer; a CBP/1 charger knows only its
+        SERIAL, which the ops API lists as the transaction's ``external_id``."""
+        m = d.model
+        if not isinstance(m, CbpCharger):
+            await d.wait_until(lambda: m.server_transaction_id(gun) is not None, 10,
+                               f"a transaction id for gun {gun}")
+            tx_id = m.server_transaction_id(gun)
+            assert tx_id is not None
+            return tx_id
+        await d.wait_until(lambda: m.transaction_serial(gun) is not None, 10,
+                           f"a charge on gun {gun}")
+        serial = m.transaction_serial(gun)
+        deadline = time.monotonic() + 10
+        while True:
+            for t in await self._get_json("/api/transactions", pile=self.pile(charger),
+                                          limit=1000):
+                if t.get("external_id") == serial:
+                    return int(t["id"])
+            if time.monotonic() >= deadline:
+                raise StepFailed(f"the gateway lists no transaction with SERIAL {serial}")
+            await asyncio.sleep(POLL)
 
     @property
     def _pile_ids(self) -> dict[str, str]:
@@ -584,7 +622,13 @@ class ScenarioRunner:
             self.commands[name] = res
 
     # --- expectations ----------------------------------------------------------------------------
+    def _protocol_of(self, e: Expect) -> str:
+        if e.kind in ("metric", "api", "command") or e.target not in self.scenario.chargers:
+            return self.main_protocol
+        return self.scenario.chargers[e.target].protocol
+
     async def _expect(self, e: Expect) -> CheckResult:
+        e = e.for_protocol(self._protocol_of(e))
         title = e.title or _short(e)
         t0 = time.monotonic()
         detail = ""
@@ -656,6 +700,7 @@ class ScenarioRunner:
                 "refused": d.handshake_refusals > 0,
                 "status": d.handshake_status,
                 "message": d.handshake_body.strip(),
+                "reason": d.model.login_reason,  # CBP/1 Login rejection reason
             }
             ok = True
             if "refused" in opts:

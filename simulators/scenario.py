@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import ChargerConfig
+from .config import PROTOCOLS, ChargerConfig, Protocol
 
 TokenType = Literal["card", "vin", "password"]
 TokenStatus = Literal["accepted", "blocked", "expired"]
@@ -222,6 +222,22 @@ class Expect(_Model):
     within: Annotated[float, Field(ge=0, le=3600)] = 10.0
     hold: Annotated[float | None, Field(gt=0, le=3600)] = None
     title: str | None = None
+    #: Per-protocol differences (``ocpp1.6: {...}``, ``cbp1: {...}``): checks
+    #: and options that replace or add to the common ones, and ``within``.
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def for_protocol(self, protocol: str) -> Expect:
+        """This expectation as it applies to a charger speaking ``protocol``."""
+        v = self.variants.get(protocol)
+        if not v:
+            return self
+        return self.model_copy(update={
+            "checks": {**self.checks, **v.get("checks", {})},
+            "options": {**self.options, **v.get("options", {})},
+            "within": v.get("within", self.within),
+            "hold": v.get("hold", self.hold),
+            "variants": {},
+        })
 
 
 _OPTIONS: dict[str, set[str]] = {
@@ -379,10 +395,26 @@ def _parse_expect(raw: Any, where: str) -> Expect:
     data: dict[str, Any] = {"kind": kind, "target": str(raw[kind])}
     checks: dict[str, Any] = {}
     options: dict[str, Any] = {}
+    variants: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
         if key == kind:
             continue
-        if key in ("within", "hold", "title"):
+        if key in PROTOCOLS:
+            if not isinstance(value, dict) or not value:
+                raise ScenarioError(
+                    f"{where}.{key}: what differs for {key} chargers, as a mapping of checks "
+                    "and options, e.g. {reason: heartbeat_timeout}"
+                )
+            if set(value) & set(PROTOCOLS) or kind in value:
+                raise ScenarioError(f"{where}.{key}: a protocol variant cannot nest another "
+                                    "or name the subject")
+            sub = _parse_expect({kind: raw[kind], **value}, f"{where}.{key}")
+            variant: dict[str, Any] = {"checks": sub.checks, "options": sub.options}
+            for timing in ("within", "hold"):
+                if timing in value:
+                    variant[timing] = getattr(sub, timing)
+            variants[str(key)] = variant
+        elif key in ("within", "hold", "title"):
             data[key] = value
         elif key in _OPTIONS[kind]:
             options[key] = value
@@ -398,6 +430,7 @@ def _parse_expect(raw: Any, where: str) -> Expect:
                 )
     data["checks"] = checks
     data["options"] = options
+    data["variants"] = variants
     try:
         return Expect.model_validate(data)
     except ValidationError as exc:
@@ -509,6 +542,26 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         )
     except ValidationError as exc:
         raise ScenarioError(_format_error(source, exc)) from None
+
+
+def with_protocol(scenario: Scenario, protocol: Protocol | None) -> Scenario:
+    """The scenario with every charger speaking ``protocol`` (``pilegate sim
+    run --protocol``): the shipped scenarios run with OCPP and with
+    cloud-board chargers alike. ``None`` keeps each charger's own."""
+    if protocol is None:
+        return scenario
+    chargers: dict[str, ChargerConfig] = {}
+    for name, cfg in scenario.chargers.items():
+        try:
+            chargers[name] = ChargerConfig.model_validate(
+                {**cfg.model_dump(exclude_unset=True), "time_scale": cfg.time_scale,
+                 "protocol": protocol}
+            )
+        except ValidationError as exc:
+            raise ScenarioError(
+                _format_error(f"{scenario.source}: chargers.{name} as {protocol}", exc)
+            ) from None
+    return scenario.model_copy(update={"chargers": chargers})
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -12,19 +12,28 @@ import pytest
 
 from simulators.cli import load_all, run_scenarios
 from simulators.runner import ScenarioResult, ScenarioRunner, format_report
-from simulators.scenario import Scenario, load_scenario, shipped_scenarios
+from simulators.config import PROTOCOLS, Protocol
+from simulators.scenario import Scenario, load_scenario, shipped_scenarios, with_protocol
 from tests.support.gateway import TOKEN, running_gateway
 
 SHIPPED = shipped_scenarios()
-# Every gateway in these tests detects a dead link within ~2 s.
-FAST_PRESENCE = {"ping_interval": 1, "pong_timeout": 1}
+# Every gateway in these tests detects a dead link within ~2-3 s: OCPP by
+# ping/pong, CBP/1 (no pings) by 3 missed heartbeats of 1 s.
+FAST_PRESENCE = {
+    "ping_interval": 1, "pong_timeout": 1, "cbp_heartbeat_interval": 1,
+    "watchdog_min_silence": 1,
+}
 
 
-async def _run(sc: Scenario, database_url: str) -> ScenarioResult:
+async def _run(
+    sc: Scenario, database_url: str, protocol: Protocol | None = None
+) -> ScenarioResult:
+    sc = with_protocol(sc, protocol)
     async with running_gateway(database_url, **{**FAST_PRESENCE, **sc.gateway.settings}) as gw:
         runner = ScenarioRunner(
             sc,
             gateway_url=f"ws://127.0.0.1:{gw.ocpp_port}/ocpp",
+            cbp_url=f"tcp://127.0.0.1:{gw.cbp_port}",
             api_url=f"http://127.0.0.1:{gw.api_port}",
             api_token=TOKEN,
         )
@@ -39,10 +48,12 @@ def test_the_issue_scenarios_are_shipped() -> None:
     } <= names
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-async def test_shipped_scenario_passes(path: Path, database_url: str) -> None:
+async def test_shipped_scenario_passes(path: Path, protocol: Protocol, database_url: str) -> None:
+    """Every shipped scenario, with OCPP chargers and with cloud-board ones."""
     sc = load_scenario(path)
-    result = await _run(sc, database_url)
+    result = await _run(sc, database_url, protocol)
     report = format_report([result])
     assert result.passed, report
     assert len(result.expectations) == len(sc.expectations), report

@@ -304,14 +304,28 @@ class CbpServer:
         try:
             pile = pileid.parse_pile_id(login.pile)
         except PileIdError as exc:
-            for problem in exc.problems:
+            configured, error, padded = login.pile, exc, ""
+            if login.pile.startswith("0"):
+                # CBP/1 §5: a charger configured with a shorter ID sends it
+                # zero-padded to 20 digits. No pile ID starts with 0 (GB/T
+                # 2260 province codes are 11..82), so the operator is told
+                # about the ID the charger was configured with (a 16-digit ID
+                # is rejected for its length, as over OCPP), not about region
+                # "0000..".
+                configured = login.pile.lstrip("0") or "0"
+                padded = " (zero-padded to 20 digits in the Login)"
+                try:
+                    pileid.parse_pile_id(configured)
+                except PileIdError as inner:
+                    error = inner
+            for problem in error.problems:
                 services.metrics.pileid_rejections.labels(
                     rule=problem.rule.value, source="cbp"
                 ).inc()
             raise _Rejected(
                 LoginRejectReason.INVALID_PILE_ID,
-                f"invalid pile ID {login.pile}: {exc}",
-                rules=[p.rule.value for p in exc.problems],
+                f"invalid pile ID {configured}{padded}: {error}",
+                rules=[p.rule.value for p in error.problems],
             ) from exc
         for warning in pile.warnings:
             log.warning(
@@ -370,8 +384,18 @@ class CbpServer:
         conn.gun_count = login.gun_count
         conn.model = login.model or None
         reported = Kind(login.kind).name
+        evidence: list[dict[str, Any]] = []
         if reported != conn.kind:
-            await conn.handlers.flag_kind({"source": "cbp_login", "reported_kind": reported})
+            evidence.append({"source": "cbp_login", "reported_kind": reported})
+        # The model table applies to a Login's model as to a BootNotification's.
+        declared = settings.model_kinds.get(login.model)
+        if declared is not None and declared != conn.kind:
+            evidence.append(
+                {"source": "model_kinds", "model": login.model, "reported_kind": declared}
+            )
+        if evidence:
+            for item in evidence:
+                await conn.handlers.flag_kind(item)
             if settings.kind_policy == "reject":
                 await services.writer.put(*conn.handlers.boot_ops(login, accepted=False))
                 services.observers.pile_booted(
@@ -384,7 +408,13 @@ class CbpServer:
                     login.pile,
                     _Rejected(
                         LoginRejectReason.KIND_MISMATCH,
-                        f"the login says {reported}, the pile ID says {conn.kind}",
+                        f"the pile ID says {conn.kind}, but "
+                        + " and ".join(
+                            f"the login says {e['reported_kind']}"
+                            if e["source"] == "cbp_login"
+                            else f"model {e['model']} is {e['reported_kind']} (model_kinds)"
+                            for e in evidence
+                        ),
                     ),
                 )
                 return False
