@@ -1693,9 +1693,18 @@ class PileWhitelistSync:
             self._retry_at = None
         full = self._force_full or self._held is None or not self._held_verified
         held = None if full else self._held
-        if held is not None and self._transport is Transport.OCPP16 and held == desired:
+        if (
+            held is not None
+            and held == desired
+            and (
+                self._transport is Transport.OCPP16 or self._held_version == self._desired_version
+            )
+        ):
             # Same content under a new desired version: nothing to send, the
-            # wire version stays (OCPP versions need not equal ours).
+            # wire version stays (OCPP versions need not equal ours). A CBP/1
+            # pile shows the gateway's version, so only when it already holds
+            # that version (the record read back after a reconnect): otherwise
+            # an empty differential moves it.
             self._apply(
                 _Step(self._held_version, self._desired_version, False, (), (), len(held)), out
             )

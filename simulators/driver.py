@@ -33,6 +33,8 @@ import asyncio
 import base64
 import contextlib
 import random
+import socket
+import struct
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -508,6 +510,14 @@ def _more_links(charger: SimulatedCharger, before: int) -> bool:
 
 
 def _abort(ws: Link) -> None:
+    """Drop the connection without any goodbye: a TCP reset, as when a modem
+    loses its link and the gateway's next read fails. (A plain close would
+    send a FIN, which a CBP/1 gateway rightly takes for a clean close.)"""
     transport = ws.transport
-    if transport is not None:
-        transport.abort()
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -11,8 +11,8 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from simulators.cli import load_all, run_scenarios
-from simulators.runner import ScenarioResult, ScenarioRunner, format_report
 from simulators.config import PROTOCOLS, Protocol
+from simulators.runner import ScenarioResult, ScenarioRunner, format_report
 from simulators.scenario import Scenario, load_scenario, shipped_scenarios, with_protocol
 from tests.support.gateway import TOKEN, running_gateway
 
@@ -48,9 +48,31 @@ def test_the_issue_scenarios_are_shipped() -> None:
     } <= names
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-async def test_shipped_scenario_passes(path: Path, protocol: Protocol, database_url: str) -> None:
+def _runs() -> list[tuple[Path, Protocol | None]]:
+    """Each single-protocol scenario with OCPP chargers and with cloud-board
+    ones; a mixed-fleet scenario as written (forcing one protocol would make
+    it a single-protocol one)."""
+    runs: list[tuple[Path, Protocol | None]] = []
+    for path in SHIPPED:
+        protocols = {c.protocol for c in load_scenario(path).chargers.values()}
+        runs.extend((path, p) for p in (PROTOCOLS if len(protocols) == 1 else (None,)))
+    return runs
+
+
+RUNS = _runs()
+
+
+def test_the_mixed_fleet_scenario_mixes_protocols() -> None:
+    sc = load_scenario(next(p for p in SHIPPED if p.stem == "mixed_fleet"))
+    assert {c.protocol for c in sc.chargers.values()} == set(PROTOCOLS)
+
+
+@pytest.mark.parametrize(
+    ("path", "protocol"), RUNS, ids=[f"{p.stem}-{proto or 'mixed'}" for p, proto in RUNS]
+)
+async def test_shipped_scenario_passes(
+    path: Path, protocol: Protocol | None, database_url: str
+) -> None:
     """Every shipped scenario, with OCPP chargers and with cloud-board ones."""
     sc = load_scenario(path)
     result = await _run(sc, database_url, protocol)

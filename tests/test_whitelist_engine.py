@@ -1420,6 +1420,23 @@ def test_restored_record_that_contradicts_the_desired_content_is_not_in_sync() -
     assert_converged(h, cards(3))
 
 
+def test_cbp1_reconnect_holding_the_desired_version_and_content_sends_nothing() -> None:
+    # The record read back at a reconnect may lack the list version (a part-way
+    # record, an older row): a pile that reports the desired version with the
+    # desired content is in sync, without an empty differential each login.
+    engine = PileWhitelistSync(Transport.CBP1, held=Held(3, cards(3), None))
+    h = Harness(Transport.CBP1, CbpPile(entries=cards(3), version=3), engine=engine)
+    h.mirror, h.mirror_version = dict(cards(3)), 3
+    h.desire(3, cards(3))
+    h.run()
+    assert h.sent == []
+    assert_converged(h, cards(3))
+    h.desire(4, cards(3))  # a version-only change still moves the pile's version
+    h.run()
+    (chunk,) = h.sent
+    assert chunk.entries == () and (chunk.version, chunk.base_version) == (4, 3)
+
+
 def test_backoff_that_expired_while_offline_does_not_delay_the_resume() -> None:
     h = Harness(Transport.CBP1)
     h.desire(1, cards(3))
