@@ -104,7 +104,16 @@ from protocol.cloudboard import (
 )
 
 from . import meter
-from .charger import INF, Charger, FirmwareJob, Gun, Outgoing, PendingAuth, SendFrame
+from .charger import (
+    FIRMWARE_HEADER,
+    INF,
+    Charger,
+    FirmwareJob,
+    Gun,
+    Outgoing,
+    PendingAuth,
+    SendFrame,
+)
 from .config import ChargerConfig
 from .stats import Stats
 
@@ -350,11 +359,22 @@ class CbpCharger(Charger):
             return
         if now < self.queue_hold_until:
             return
-        while self.queue and self.inflight is None:
-            msg = self.queue[0]
-            self._send_call(msg, now)
-            if self.inflight is not msg:  # no reply to wait for (0x13)
-                self.queue.popleft()
+        # One request of the charger outstanding at a time; real-time data
+        # (0x13, never answered) is not held back behind it.
+        i = 0
+        while i < len(self.queue):
+            msg = self.queue[i]
+            if msg is self.inflight:
+                i += 1
+                continue
+            if type(_msg(msg)) in _REPLY:
+                if self.inflight is not None:
+                    break
+                self._send_call(msg, now)
+                i += 1
+            else:
+                self._send_call(msg, now)
+                del self.queue[i]
 
     def _boot_message(self) -> Outgoing:
         c = self.config
@@ -524,8 +544,10 @@ class CbpCharger(Charger):
         self.inflight = None
         self.inflight_reply = None
         self.stats.observe(msg.action, now - self.inflight_at)
-        if self.queue and self.queue[0] is msg:
-            self.queue.popleft()
+        for i, queued in enumerate(self.queue):
+            if queued is msg:
+                del self.queue[i]
+                break
         if isinstance(message, LoginReply):
             self._on_login_reply(message, now)
         elif isinstance(message, AuthResult):
@@ -725,7 +747,11 @@ class CbpCharger(Charger):
         problem = super()._check_image(job)
         if problem is not None and "check" in self.config.firmware_faults:
             self._checksum_failed = True
-        if problem is None and job.new_version is None and task is not None:
+        if problem is None and task is not None and not (job.body or b"").startswith(
+            FIRMWARE_HEADER
+        ):
+            # An image without the simulator's header: the version 0x94 named
+            # (the OCPP charger, which gets no version, guesses from the URL).
             job.new_version = task.target_version
         return problem
 
