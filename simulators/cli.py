@@ -275,7 +275,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             password=args.password, protocol=args.protocol,
         )
         if opts.protocol == "cbp1":
-            from .cbp import parse_tcp_url
+            from .cbp_charger import parse_tcp_url
 
             parse_tcp_url(opts.url)
         opts.pile_id(0)

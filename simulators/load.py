@@ -129,6 +129,7 @@ def charger_config(opts: LoadOptions, n: int, charging: bool) -> ChargerConfig:
     power = 7.0 if opts.kind == "AC" else 60.0
     return ChargerConfig(
         pile_id=opts.pile_id(n),
+        protocol=opts.protocol,
         kind=opts.kind,
         power_kw=power,
         vendor="PILESIM",
@@ -158,10 +159,6 @@ def charger_config(opts: LoadOptions, n: int, charging: bool) -> ChargerConfig:
 async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> LoadReport:
     """Run the load, printing a progress line every ``report_every`` seconds;
     returns the final figures."""
-    if opts.protocol == "cbp1":
-        from .cbp import run_cbp_load
-
-        return await run_cbp_load(opts, out)
     warning = _raise_fd_limit(opts.count + 100)
     if warning:
         out(f"warning: {warning}")
@@ -180,7 +177,8 @@ async def run_load(opts: LoadOptions, out: Callable[[str], None] = print) -> Loa
             open_timeout=30,
         )
         drivers.append(d)
-    return await drive(opts, out, drivers, stats, charging, lambda d: d.model.online, "")
+    label = " (CBP/1)" if opts.protocol == "cbp1" else ""
+    return await drive(opts, out, drivers, stats, charging, lambda d: d.model.online, label)
 
 
 class LoadUnit(Protocol):

@@ -1,4 +1,5 @@
-"""Simulated cloud-board (CBP/1) chargers and CBP/1 load mode against a test gateway."""
+"""Simulated cloud-board (CBP/1) chargers (the unified driver with the CBP/1
+model) and CBP/1 load mode against a test gateway."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from protocol.cloudboard import TimeSync
-from simulators.cbp import CbpChargerConfig, CbpSimCharger, parse_tcp_url
+from simulators.cbp_charger import CbpCharger, parse_tcp_url
+from simulators.config import ChargerConfig
+from simulators.driver import SimulatedCharger
 from simulators.load import LoadOptions, report_dict, run_load
 from tests.support.gateway import api_client, flushed, running_gateway
 
@@ -41,13 +43,16 @@ def test_tcp_urls_and_cli_checks(capsys: pytest.CaptureFixture[str]) -> None:
 
 async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
     async with running_gateway(database_url, cbp_heartbeat_interval=5) as gw:
-        cfg = CbpChargerConfig(pile_id=PILE, power_kw=7.0, time_scale=60.0)
-        charger = CbpSimCharger(cfg, "127.0.0.1", cbp_port(gw))
+        cfg = ChargerConfig(pile_id=PILE, protocol="cbp1", power_kw=7.0, time_scale=60.0,
+                            meter_interval=15)
+        charger = SimulatedCharger(cfg, f"tcp://127.0.0.1:{cbp_port(gw)}")
+        model = charger.model
+        assert isinstance(model, CbpCharger)
         charger.start()
         try:
-            await asyncio.wait_for(charger.logged_in.wait(), 10)
-            assert charger.heartbeat_interval == 5
-            await _poll(lambda: _true(any(isinstance(m, TimeSync) for m in charger.received)))
+            await charger.wait_until(lambda: model.online, 10, "login")
+            assert model.heartbeat_interval == 5
+            await _poll(lambda: _true(any("TimeSync" in t for _, t in model.trace or ())))
             async with api_client(gw) as api:
                 async def pile() -> Any:
                     await flushed(gw)
@@ -55,6 +60,7 @@ async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
                     return r.status_code == 200 and r.json().get("online") and r.json()
 
                 await _poll(pile)
+                charger.plug(1)  # CBP/1 §3 0x33: a gun not plugged in refuses
                 r = await api.post(
                     f"/api/piles/{PILE}/commands/RemoteStartTransaction",
                     json={"payload": {"idTag": "APP1", "connectorId": 1}},
@@ -75,7 +81,8 @@ async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
                     json={"payload": {"transactionId": tx["id"]}},
                 )
                 assert r.json()["response"] == {"status": "Accepted"}, r.text
-                await _poll(lambda: _true(bool(charger.confirmed) and not charger.records))
+                await _poll(lambda: _true(bool(model.confirmed)
+                                          and not model.queued_transaction_messages()))
 
                 async def stopped() -> Any:
                     await flushed(gw)
@@ -86,9 +93,9 @@ async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
                 assert done["id"] == tx["id"]
                 assert done["energy_wh"] > 0, done
                 assert done["stop_reason"] == "Remote"
-                assert charger.stats.error_count == 0, charger.stats.errors
-                assert {"Login", "TransactionRecord"} <= set(charger.stats.latency_by_action)
-                assert charger.guns[1].serial is None
+                assert model.stats.error_count == 0, model.stats.errors
+                assert {"Login", "TransactionRecord"} <= set(model.stats.latency_by_action)
+                assert done["external_id"] == model.confirmed[-1]  # the SERIAL
         finally:
             await charger.close()
 
@@ -113,9 +120,7 @@ async def test_cbp_load_fifty_chargers_for_three_seconds(tmp_path: Path) -> None
         assert stats.connect_failures == 0 and stats.error_count == 0, stats.errors
         p = report.percentiles()
         assert p["p50"] is not None and p["p99"] is not None and p["p50"] <= p["p99"]
-        assert {"Login", "Heartbeat", "AuthRequest", "TransactionRecord"} <= set(
-            stats.latency_by_action
-        )
+        assert {"Login", "Heartbeat", "TransactionRecord"} <= set(stats.latency_by_action)
         assert lines[0].startswith("load: 50 chargers (25 charging) at 100/s for 3 s")
         assert sum(line.startswith("t=") for line in lines) >= 2
         assert any(line.startswith("errors: 0") for line in lines)
