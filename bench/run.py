@@ -22,7 +22,14 @@ machine's own server and is not pinned. Scenarios:
 3. offline detection over K half-open piles (pilegate; the reference too, by
    the time its websockets keepalive closes the links).
 4. firmware dispatch to 10,000 piles: run ``bench/firmware_dispatch.py``.
-5. cloud-board throughput: not available yet (protocol not landed).
+5. cloud-board throughput: scenario 1's load in CBP/1 (``bench/cbp_loadgen.py``,
+   N two-gun piles on raw TCP, cycles of 0x13 charging + 0x13 status change +
+   0x03 heartbeat, the next cycle when the 0x04 arrives) against pilegate on
+   SQLite and on PostgreSQL, each next to pilegate's OCPP figures of scenario 1
+   on the same database, charger count and duration (reused when scenario 1
+   ran in the same command, else run here); backlog drained, gateway stopped,
+   rows counted against the confirmed frames. The reference server (``ocpp``
+   package) has no CBP/1.
 
 The results (markdown) go to stdout and, with the JSON of every run and the
 server logs, to ``bench/results/<timestamp>/``. Every run is bounded in time
@@ -372,9 +379,11 @@ def wait_quiet(threshold: float, max_wait: float) -> dict[str, Any]:
         time.sleep(5.0)
 
 
-def loadgen(args: list[str], out: Path, timeout: float) -> dict[str, Any]:
-    cmd = pinned([PY, str(BENCH / "loadgen.py"), *args, "--json", str(out)], LOADGEN_CPU)
-    say("loadgen", " ".join(args))
+def loadgen(
+    args: list[str], out: Path, timeout: float, script: str = "loadgen.py"
+) -> dict[str, Any]:
+    cmd = pinned([PY, str(BENCH / script), *args, "--json", str(out)], LOADGEN_CPU)
+    say(script.removesuffix(".py"), " ".join(args))
     with LoadWatch() as watch:
         proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr)
         OURS.add(proc.pid)
@@ -576,6 +585,10 @@ class Ctx:
             pg_recreate(self.pg_admin)
             base = self.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             url = f"{base}/{PG_DB}"
+        # The CBP/1 listener on loopback and a free port unless a scenario
+        # says otherwise: the bench talks only to 127.0.0.1, and a busy 9010
+        # must not stop the gateway from starting.
+        env = {"PILEGATE_CBP_HOST": "127.0.0.1", "PILEGATE_CBP_PORT": "0", **env}
         return Server(
             name,
             "pilegate",
@@ -907,6 +920,90 @@ def scenario_halfopen(ctx: Ctx, target: str) -> dict[str, Any]:
     return r
 
 
+def scenario_cbp(ctx: Ctx, target: str) -> dict[str, Any]:
+    """Scenario 5: scenario 1's load in CBP/1 (``bench/cbp_loadgen.py``) against pilegate."""
+    a = ctx.args
+    name = f"s5-cbp-{target}"
+    cbp_port = free_port()
+    server = ctx.pilegate(
+        name,
+        "postgresql" if target == "pilegate-postgresql" else "sqlite",
+        PILEGATE_CBP_HOST="127.0.0.1",
+        PILEGATE_CBP_PORT=str(cbp_port),
+    )
+    budget = a.duration + a.warmup + 120
+    args = [
+        "--port",
+        str(cbp_port),
+        "--chargers",
+        str(a.chargers),
+        "--kind",
+        a.cbp_kind,
+        "--duration",
+        str(a.duration),
+        "--warmup",
+        str(a.warmup),
+    ]
+    with running(server):
+        assert server.proc is not None
+        wait_port(cbp_port, server.proc)
+        with DepthPoller(server) as poller:
+            r = loadgen(
+                [*args, "--server-pid", str(server.pid)],
+                ctx.out / f"{name}.json",
+                budget,
+                script="cbp_loadgen.py",
+            )
+        if "failed" not in r:
+            at_end, drain = wait_drained(server, a.drain_timeout)
+            r["write_backlog_at_end"] = at_end
+            r["write_backlog_max"] = poller.max_depth
+            r["write_drain_s"] = drain
+            if drain is not None:
+                r["sustained_msgs_per_s"] = sum(r["answered_total"].values()) / (
+                    r["load_s"] + drain
+                )
+            r["write_depth_samples"] = poller.samples
+    stopped(r, server)
+    r["log_events"] = dict(log_events(server.log))
+    if server.db_url and "failed" not in r:
+        try:
+            r["rows"] = count_rows(server.db_url)
+        except Exception as exc:
+            r["rows"] = {"error": repr(exc)}
+    return r
+
+
+def rows_check(r: dict[str, Any]) -> tuple[str, bool]:
+    """'table got/expected ✔' per expected table, and whether nothing was lost.
+
+    Rows of CBP/1 cycles still unconfirmed at the end may or may not be stored
+    (``rows_unconfirmed``): then ``expected ≤ got ≤ expected + unconfirmed``."""
+    exp: dict[str, int] = r.get("rows_expected", {})
+    got: dict[str, Any] = r.get("rows", {})
+    extra: dict[str, int] = r.get("rows_unconfirmed", {})
+    parts = []
+    ok = bool(exp)
+    for k, e in exp.items():
+        g = got.get(k)
+        hit = isinstance(g, int) and e <= g <= e + extra.get(k, 0)
+        ok = ok and hit
+        more = f"(+≤{extra[k]:,})" if extra.get(k) else ""
+        parts.append(f"{k} {_f(g, '{:,}', '?')}/{e:,}{more}" + (" ✔" if hit else " ✘"))
+    return "; ".join(parts), ok
+
+
+def rows_per_s(r: dict[str, Any]) -> float | None:
+    """Rows of the expected tables stored per second, load and drain included."""
+    got: dict[str, Any] = r.get("rows", {})
+    drain: float | None = r.get("write_drain_s")
+    load_s: float | None = r.get("load_s")
+    if drain is None or load_s is None:
+        return None
+    n = sum(v for k, v in got.items() if k in r.get("rows_expected", {}) and isinstance(v, int))
+    return n / (load_s + drain)
+
+
 # ----------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------
@@ -1139,8 +1236,56 @@ def report(ctx: Ctx, machine: dict[str, Any], command: str, elapsed: float) -> s
         w("## 4. Firmware task dispatch to 10,000 online piles\n")
         w("pilegate: measured by `bench/firmware_dispatch.py` (docs/benchmarks.md).\n")
     if "5" in a.scenario_set:
-        w("## 5. Cloud-board throughput\n")
-        w("pilegate: not available yet (the cloud-board protocol has not landed).\n")
+        w(
+            f"## 5. Cloud-board throughput: {a.chargers} {a.cbp_kind} chargers back to back, "
+            f"{a.duration:g} s measured after {a.warmup:g} s warm-up\n"
+        )
+        w(
+            "| server | protocol | msgs/s processed | p50 ms | p95 ms | p99 ms | max ms "
+            "| unanswered | server CPU | loadgen CPU | write backlog at end (max) "
+            "| backlog drained after | msgs/s incl. drain | rows stored / expected "
+            "| rows/s incl. drain | other load |"
+        )
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+        for target in a.cbp_targets:
+            for proto, key in (("CBP/1", f"s5-cbp-{target}"), ("OCPP 1.6J", f"s1-{target}")):
+                r = R.get(key)
+                if r is None:
+                    continue
+                if "failed" in r:
+                    w(f"| {target} | {proto} | failed: {r['failed']} |")
+                    continue
+                lat = r["latency_ms"]
+                backlog = (
+                    f"{_f(r.get('write_backlog_at_end'), '{:.0f}')} "
+                    f"({_f(r.get('write_backlog_max'), '{:.0f}')})"
+                )
+                drained = _f(r.get("write_drain_s"), "{:.1f} s", f"not in {a.drain_timeout:g} s")
+                w(
+                    f"| {target} | {proto} | {r['msgs_per_s']:,.0f} | {lat['p50']:.1f} | "
+                    f"{lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} | "
+                    f"{r['unanswered_at_end']} | {_f(r['server_cpu_pct'], '{:.0f} %')} | "
+                    f"{_f(r['loadgen_cpu_pct'], '{:.0f} %')} | {backlog} | {drained} | "
+                    f"{_f(r.get('sustained_msgs_per_s'), '{:,.0f}', '–')} | "
+                    f"{rows_check(r)[0] or '–'} | {_f(rows_per_s(r), '{:,.0f}', '–')} | "
+                    f"{_others(r)} |"
+                )
+        w(
+            "\nCBP/1: each charger (a two-gun pile, logged in with 0x01, time sync 0x56 "
+            "answered) sends cycles of three frames, each its own write: 0x13 of gun 1 "
+            "charging, 0x13 of gun 2 with a status change, 0x03 heartbeat; the next cycle "
+            "when the 0x04 arrives. The gateway handles a connection's frames in order, so the "
+            "0x04 confirms the whole cycle. msgs/s processed: 3 × cycles confirmed in the "
+            "window / window; latency: first 0x13 of the cycle written → its 0x04 received "
+            "(each of the three frames waited at most that). Rows: `meter_values` = 5 "
+            "(DC; 4 on AC) per charging 0x13 + 4 per status 0x13, `gun_status_events` = one "
+            "per status change (the gateway stores a status when it changes; the first "
+            "0x13 of each gun is one), for the confirmed cycles. OCPP 1.6J: scenario 1 on the "
+            "same database, charger count and duration (one message in flight per charger; "
+            "4 meter rows per MeterValues, one status row per StatusNotification). "
+            "rows/s incl. drain: the rows of both tables / (time under load + drain). "
+            "The reference server (`ocpp` package) has no CBP/1.\n"
+        )
 
     w("## Against the issue's targets (pilegate, one core)\n")
     w("| target | measured | met |")
@@ -1240,6 +1385,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm-targets", default="pilegate-sqlite,reference", help="servers of scenario 2"
     )
     p.add_argument("--halfopen-targets", default="pilegate,reference", help="servers of scenario 3")
+    p.add_argument(
+        "--cbp-targets",
+        default="pilegate-sqlite,pilegate-postgresql",
+        help="servers of scenario 5 (each also measured with OCPP, scenario 1's load)",
+    )
+    p.add_argument(
+        "--cbp-kind", choices=("DC", "AC"), default="DC", help="scenario 5 pile kind (DC: SoC)"
+    )
     p.add_argument("--chargers", type=int, help="scenario 1 chargers (100)")
     p.add_argument("--duration", type=float, help="scenario 1 measured seconds (30)")
     p.add_argument("--warmup", type=float, help="scenario 1 warm-up seconds (5)")
@@ -1304,6 +1457,10 @@ def main(argv: list[str] | None = None) -> int:
     a.targets = [t for t in a.targets.split(",") if t]
     a.storm_targets = [t for t in a.storm_targets.split(",") if t]
     a.halfopen_targets = [t for t in a.halfopen_targets.split(",") if t]
+    a.cbp_targets = [t for t in a.cbp_targets.split(",") if t]
+    for t in a.cbp_targets:
+        if t not in ("pilegate-sqlite", "pilegate-postgresql"):
+            parser.error(f"unknown scenario 5 target {t!r} (the reference has no CBP/1)")
     for t in (*a.targets, *a.storm_targets):
         if t not in ("pilegate-sqlite", "pilegate-postgresql", "reference"):
             parser.error(f"unknown target {t!r}")
@@ -1320,7 +1477,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(x) for x in [os.path.relpath(PY, Path.cwd()), *sys.argv])
     t0 = time.monotonic()
     say(f"results in {out}; temporary databases in {tmp}")
-    uses_pg = "pilegate-postgresql" in (*a.targets, *a.storm_targets)
+    uses_pg = "pilegate-postgresql" in (
+        *a.targets,
+        *a.storm_targets,
+        *(a.cbp_targets if "5" in a.scenario_set else ()),
+    )
     machine = machine_info(a.pg_admin_url, uses_pg)
     if a.source == "head":
         # The committed HEAD, extracted with `git archive` (read-only): other
@@ -1363,7 +1524,12 @@ def main(argv: list[str] | None = None) -> int:
         if "4" in a.scenario_set:
             say("scenario 4: firmware dispatch: run bench/firmware_dispatch.py")
         if "5" in a.scenario_set:
-            say("scenario 5: cloud-board throughput: not available yet")
+            for target in a.cbp_targets:
+                # the OCPP baseline: scenario 1's run of this target, or one now
+                key = f"s1-{target}"
+                if key not in ctx.results:
+                    step(key, functools.partial(scenario_mixed, ctx, target))
+                step(f"s5-cbp-{target}", functools.partial(scenario_cbp, ctx, target))
     finally:
         if ctx.pg_used:
             with contextlib.suppress(Exception):
