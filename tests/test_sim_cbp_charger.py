@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -510,7 +511,7 @@ def test_cbp1_config_is_checked_for_what_a_login_can_carry() -> None:
 
 # --- against the gateway -----------------------------------------------------------------
 async def test_simulated_cloud_board_charger_is_upgraded_by_a_firmware_task(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
     """The whole path with the real gateway: task → 0x94 → download of the
     image from the gateway → 0x95 statuses → reboot → Login with the new
@@ -520,7 +521,9 @@ async def test_simulated_cloud_board_charger_is_upgraded_by_a_firmware_task(
     from tests.test_firmware_gateway import FAST, create_task, finished, row_of, upload, wait_task
 
     raw = bytes(range(256)) * 8  # no simulator header: the 0x94 target version counts
-    async with running_gateway(database_url, command_timeout=5) as gw:
+    async with running_gateway(
+        database_url, command_timeout=5, firmware_dir=str(tmp_path / "images")
+    ) as gw:
         sim = SimulatedCharger(
             config(firmware_version="DLH_XD32E_201110002", time_scale=60, model="XD32E",
                    firmware_download_seconds=30, firmware_install_seconds=30,
