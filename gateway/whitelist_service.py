@@ -164,9 +164,15 @@ class WhitelistService:
         pass
 
     # --- desired lists -----------------------------------------------------------------
-    async def desired_for(self, pile_id: str, transport: Transport | None = None) -> Any:
+    async def desired_for(
+        self, pile_id: str, transport: Transport | None = None, *, persist: bool = True
+    ) -> Any:
         """Compute the pile's effective list; bump and persist its desired
-        version when the content changed. Returns (version, entries, eff)."""
+        version when the content changed. Returns (version, entries, eff).
+        ``persist=False`` (the ops API's view) only tells what the version
+        would be: a read must not write, or it races with the sync writing
+        the pile's status (a view read while the engine stored ``in_sync``
+        wrote the ``pending`` it had read before)."""
         now = self.services.clock()
         lists, bindings = await self._snapshot()
         eff = effective_list(pile_id, lists, bindings, now=now)
@@ -176,6 +182,8 @@ class WhitelistService:
             # with the pile reporting the gateway's own version.
             floor = state.held_version or 0 if state else 0
             version = max((state.desired_version if state else 0) + 1, floor + 1)
+            if not persist:
+                return version, dict(eff.entries), eff
             self._managed.add(pile_id)
             await self.store.save_pile_state(
                 pile_id,
@@ -494,7 +502,7 @@ class WhitelistService:
                 "driven_here": False,
                 "engine": None,
             }
-        version, desired, eff = await self.desired_for(pile_id)
+        version, desired, eff = await self.desired_for(pile_id, persist=False)
         state = await self.store.pile_state(pile_id)
         held: Mapping[str, dict[str, Any]] = (state.held_entries or {}) if state else {}
         desired_json = {t: entry_to_json(e) for t, e in desired.items()}
@@ -507,7 +515,13 @@ class WhitelistService:
         return {
             "pile_id": pile_id,
             "managed": managed,
-            "status": (state.status if state else "pending") if managed else "unmanaged",
+            # Content the sync has not taken up yet (the poller recomputes
+            # within seconds, at once after a change on this node) is pending.
+            "status": (
+                state.status if state and state.desired_version == version else "pending"
+            )
+            if managed
+            else "unmanaged",
             "reason": state.reason if state else None,
             "desired_version": version,
             "desired_count": len(desired),

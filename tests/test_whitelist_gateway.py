@@ -147,6 +147,22 @@ async def test_lists_and_assignments(api: httpx.AsyncClient) -> None:
     assert (await api.get("/api/piles/99/whitelist")).status_code == 400
 
 
+async def test_the_pile_view_reads_without_writing(gw: Gateway, api: httpx.AsyncClient) -> None:
+    # A GET used to persist the desired version and re-write the status it
+    # had read, racing with the sync engine (an in_sync overwritten by a
+    # stale pending). Reading twice changes nothing stored.
+    assert gw.services is not None
+    await api.post("/api/piles", json={"pile_id": DC})
+    await make_list(api, "view-only", 2, {"pile_ids": [DC]})
+    store = next(e for e in gw.extensions if type(e).__name__ == "WhitelistService").store
+    before = await store.pile_state(DC)
+    for _ in range(2):
+        view = (await api.get(f"/api/piles/{DC}/whitelist")).json()
+        assert view["status"] == "pending" and view["desired_count"] == 2
+        assert view["difference"]["add"] == ["VIEW-ONLY000000", "VIEW-ONLY000001"]
+    assert await store.pile_state(DC) == before
+
+
 # --- sync ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("n", "chunk", "messages"), [(0, 250, 1), (1, 250, 1), (1000, 250, 4)])
 async def test_lists_of_several_sizes_reach_the_pile(
