@@ -131,3 +131,55 @@ async def test_cbp_load_fifty_chargers_for_three_seconds(tmp_path: Path) -> None
             assert listed["total"] == 50
             txs = (await api.get("/api/transactions", params={"limit": 1000})).json()
         assert len({t["pile_id"] for t in txs}) == 25
+
+
+FAULTS = """\
+name: every network fault on a cloud-board charger
+gateway:
+  settings: {cbp_heartbeat_interval: 1, watchdog_min_silence: 1}
+chargers:
+  cb:
+    pile_id: "44200000010000100071"
+    protocol: cbp1
+    call_timeout: 3
+steps:
+  - connect: cb
+  - disconnect: {charger: cb, mode: clean}
+  - expect: {event: cb, online: false, reason: closed_clean, latest: true, within: 5}
+  - restore: cb
+  - disconnect: {charger: cb, mode: abrupt}
+  - expect: {event: cb, online: false, reason: closed_abnormal, latest: true, within: 5}
+  - restore: cb
+  - expect: {pile: cb, online: true}
+  - latency: {charger: cb, seconds: 0.4}
+  - expect: {pile: cb, online: true, hold: 2.5, title: "a slow link stays online"}
+  - latency: {charger: cb, seconds: 0}
+  - flap: {charger: cb, times: 2, down: 0.3, up: 0.5, mode: clean}
+  - expect: {event: cb, online: true, reason: connected, count: 5}
+  - power_cycle: {charger: cb, off_seconds: 0.5}
+  - expect: {event: cb, online: true, reason: connected, count: 6}
+  - expect: {charger: cb, links: 6, login_refusals: 0}
+"""
+
+
+async def test_network_faults_on_a_cloud_board_charger(database_url: str) -> None:
+    import yaml
+
+    from simulators.runner import ScenarioRunner, format_report
+    from simulators.scenario import parse_scenario
+    from tests.support.gateway import TOKEN
+
+    sc = parse_scenario(yaml.safe_load(FAULTS), "faults.yaml")
+    async with running_gateway(database_url, **sc.gateway.settings) as gw:
+        runner = ScenarioRunner(
+            sc,
+            gateway_url=f"ws://127.0.0.1:{gw.ocpp_port}/ocpp",
+            cbp_url=f"tcp://127.0.0.1:{cbp_port(gw)}",
+            api_url=f"http://127.0.0.1:{gw.api_port}",
+            api_token=TOKEN,
+        )
+        result = await runner.run()
+        stats = runner.drivers["cb"].model.stats
+    assert result.passed, format_report([result])
+    # The 0.4 s of latency showed in the heartbeat round trips.
+    assert stats.latency_by_action["Heartbeat"].max >= 0.4
