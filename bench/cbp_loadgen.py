@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from loadgen import distribution, pile_ids, proc_cpu_seconds, proc_rss_kib, raise_nofile
+from loadgen import distribution, measured_window, pile_ids, raise_nofile
 
 from protocol.cloudboard import (
     BadFrame,
@@ -407,18 +407,7 @@ async def run_cbp_mixed(args: argparse.Namespace) -> dict[str, Any]:
     for c in chargers:
         c.send_cycle()
 
-    await asyncio.sleep(args.warmup)
-    cpu_srv0 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
-    cpu_me0 = time.process_time()
-    stats.phase = "measure"
-    w0 = time.perf_counter()
-    await asyncio.sleep(args.duration)
-    stats.phase = "drain"
-    window = time.perf_counter() - w0
-    cpu_me = time.process_time() - cpu_me0
-    cpu_srv1 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
-    cpu_srv = cpu_srv1 - cpu_srv0 if cpu_srv0 is not None and cpu_srv1 is not None else None
-    rss = proc_rss_kib(args.server_pid) if args.server_pid else None
+    window, cpu_me, cpu_srv, rss = await measured_window(args, stats)
     for c in chargers:
         c.stopping = True
     load_s = time.perf_counter() - load_t0

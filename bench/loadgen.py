@@ -374,6 +374,28 @@ def proc_rss_kib(pid: int) -> int | None:
     return None
 
 
+async def measured_window(
+    args: argparse.Namespace, stats: Any
+) -> tuple[float, float, float | None, int | None]:
+    """Warm up, then the measured window (``stats.phase`` "measure", then
+    "drain"): its length, this process's CPU seconds, the server's CPU
+    seconds and VmRSS (KiB) when ``--server-pid`` is given. Shared with
+    ``bench/cbp_loadgen.py``."""
+    await asyncio.sleep(args.warmup)
+    cpu_srv0 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    cpu_me0 = time.process_time()
+    stats.phase = "measure"
+    w0 = time.perf_counter()
+    await asyncio.sleep(args.duration)
+    stats.phase = "drain"
+    window = time.perf_counter() - w0
+    cpu_me = time.process_time() - cpu_me0
+    cpu_srv1 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    cpu_srv = cpu_srv1 - cpu_srv0 if cpu_srv0 is not None and cpu_srv1 is not None else None
+    rss = proc_rss_kib(args.server_pid) if args.server_pid else None
+    return window, cpu_me, cpu_srv, rss
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a process (all its threads), in seconds."""
     try:
@@ -609,21 +631,7 @@ async def run_mixed(args: argparse.Namespace) -> dict[str, Any]:
     for c in chargers:
         c.send_next()
 
-    await asyncio.sleep(args.warmup)
-    cpu_srv0 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
-    cpu_me0 = time.process_time()
-    stats.phase = "measure"
-    w0 = time.perf_counter()
-    await asyncio.sleep(args.duration)
-    stats.phase = "drain"
-    window = time.perf_counter() - w0
-    cpu_me = time.process_time() - cpu_me0
-    cpu_srv = (
-        proc_cpu_seconds(args.server_pid) - cpu_srv0  # type: ignore[operator]
-        if args.server_pid and cpu_srv0 is not None
-        else None
-    )
-    rss = proc_rss_kib(args.server_pid) if args.server_pid else None
+    window, cpu_me, cpu_srv, rss = await measured_window(args, stats)
     for c in chargers:
         c.stopping = True
     load_s = time.perf_counter() - load_t0

@@ -321,28 +321,26 @@ class SimulatedCharger:
             self._schedule_reconnect()
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            self._failures += 1
-            self.connect_error = f"{type(exc).__name__}: {exc}"
-            stats.connect_failures += 1
-            stats.error(f"connect:{type(exc).__name__}")
-            self._schedule_reconnect()
+            self._connect_failed(exc)
             return
         self._opened(WsLink(ws))
 
     async def _connect_tcp(self) -> None:
-        stats = self.model.stats
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, limit=2**16), self.open_timeout
             )
         except (OSError, TimeoutError) as exc:
-            self._failures += 1
-            self.connect_error = f"{type(exc).__name__}: {exc}"
-            stats.connect_failures += 1
-            stats.error(f"connect:{type(exc).__name__}")
-            self._schedule_reconnect()
+            self._connect_failed(exc)
             return
         self._opened(TcpLink(reader, writer))
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self.connect_error = f"{type(exc).__name__}: {exc}"
+        self.model.stats.connect_failures += 1
+        self.model.stats.error(f"connect:{type(exc).__name__}")
+        self._schedule_reconnect()
 
     def _opened(self, link: Link) -> None:
         if self._closing or not self.network_up or not self.model.wants_link:
