@@ -629,14 +629,27 @@ def mixed_args(ctx: Ctx, server: Server) -> list[str]:
     ]
 
 
+PILEGATE_TARGETS = (
+    "pilegate-sqlite",
+    "pilegate-postgresql",
+    "pilegate-sqlite-asyncio",
+    "pilegate-postgresql-asyncio",
+)
+
+
+def pilegate_target(ctx: Ctx, name: str, target: str) -> Server:
+    """``pilegate-{sqlite,postgresql}[-asyncio]``: the ``-asyncio`` variants run
+    the gateway on asyncio's own event loop instead of uvloop (its default
+    when installed), so one run measures what uvloop brings."""
+    db = "postgresql" if target.startswith("pilegate-postgresql") else "sqlite"
+    loop = "asyncio" if target.endswith("-asyncio") else "auto"
+    return ctx.pilegate(name, db, PILEGATE_EVENT_LOOP=loop)
+
+
 def scenario_mixed(ctx: Ctx, target: str) -> dict[str, Any]:
     a = ctx.args
     name = f"s1-{target}"
-    server = (
-        ctx.reference(name)
-        if target == "reference"
-        else ctx.pilegate(name, "postgresql" if target == "pilegate-postgresql" else "sqlite")
-    )
+    server = ctx.reference(name) if target == "reference" else pilegate_target(ctx, name, target)
     budget = a.duration + a.warmup + 120
     with running(server):
         with DepthPoller(server) as poller:
@@ -846,9 +859,10 @@ def scenario_storm(ctx: Ctx, target: str) -> dict[str, Any]:
         stopped(r, server)
         r["log_events"] = dict(log_events(server.log))
         return r
-    db = "postgresql" if target == "pilegate-postgresql" else "sqlite"
+    db = "postgresql" if target.startswith("pilegate-postgresql") else "sqlite"
     name = f"s2-{target}"
-    server = ctx.pilegate(name, db, **PILEGATE_STORM_ENV)
+    loop = "asyncio" if target.endswith("-asyncio") else "auto"
+    server = ctx.pilegate(name, db, **PILEGATE_STORM_ENV, PILEGATE_EVENT_LOOP=loop)
     # 1: first connect of every pile (registers it), then stop the gateway
     with running(server):
         first = loadgen(
@@ -1462,7 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
         if t not in ("pilegate-sqlite", "pilegate-postgresql"):
             parser.error(f"unknown scenario 5 target {t!r} (the reference has no CBP/1)")
     for t in (*a.targets, *a.storm_targets):
-        if t not in ("pilegate-sqlite", "pilegate-postgresql", "reference"):
+        if t not in (*PILEGATE_TARGETS, "reference"):
             parser.error(f"unknown target {t!r}")
     for t in a.halfopen_targets:
         if t not in ("pilegate", "reference"):

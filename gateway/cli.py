@@ -7,7 +7,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import ConfigError, Settings, describe_settings, load_settings
@@ -80,19 +80,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("pilegate")
 
+    try:
+        factory = loop_factory(settings.event_loop)
+    except ConfigError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        log.info("event loop", event_loop=type(loop).__module__.split(".")[0])
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await Gateway(settings).run(stop)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
     except OSError as exc:
         log.error("cannot start", error=str(exc))
         return 1
     return 0
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The ``event_loop`` setting: uvloop's loop factory, or None for asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "invalid configuration: event_loop is uvloop but uvloop is not installed "
+                "(pip install uvloop, or set event_loop to auto or asyncio)"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 # --- db --------------------------------------------------------------------------

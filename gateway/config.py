@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "auto",
         description="auto = readable on a terminal, JSON lines otherwise.",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="Event loop of `pilegate serve`: uvloop (faster message path, see "
+        "docs/benchmarks.md), asyncio, or auto = uvloop when installed.",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, le=300, description="How long shutdown waits for in-flight work."
     )

@@ -34,8 +34,13 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float) -> 
     raise AssertionError("gateway did not become healthy in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_starts_and_stops_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "event_loop", "loop_module"),
+    [(signal.SIGTERM, "auto", "uvloop"), (signal.SIGINT, "asyncio", "asyncio")],
+)
+def test_serve_starts_and_stops_gracefully(
+    tmp_path: Path, sig: signal.Signals, event_loop: str, loop_module: str
+) -> None:
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PILEGATE_")},
@@ -43,6 +48,7 @@ def test_serve_starts_and_stops_gracefully(tmp_path: Path, sig: signal.Signals) 
         "PILEGATE_API_PORT": str(port),
         "PILEGATE_DEV": "true",
         "PILEGATE_LOG_FORMAT": "json",
+        "PILEGATE_EVENT_LOOP": event_loop,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"],
@@ -64,7 +70,25 @@ def test_serve_starts_and_stops_gracefully(tmp_path: Path, sig: signal.Signals) 
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
     assert "ops API listening" in events and events[-1] == "gateway stopped"
+    assert [line["event_loop"] for line in lines if line["event"] == "event loop"] == [
+        loop_module
+    ]
     assert (tmp_path / "gw.db").exists()
+
+
+def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    from gateway.cli import loop_factory
+    from gateway.config import ConfigError
+
+    assert loop_factory("asyncio") is None
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
+    assert loop_factory("auto") is None
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        loop_factory("uvloop")
 
 
 def test_serve_without_token_refuses_to_start(tmp_path: Path) -> None:
