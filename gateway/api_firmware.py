@@ -157,15 +157,20 @@ def task_view(
     upgrades: list[PileUpgrade],
     now: datetime,
     state: PileState | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> dict[str, Any]:
     summary: TaskSummary = summarize(TaskProgress.from_dict(row.progress), upgrades)
     view = _task_head(row, {s.value: n for s, n in summary.counts.items()})
+    rows = pile_rows(upgrades, now, state)
+    end = None if limit is None else offset + limit
     view.update(
         in_flight=summary.in_flight,
         done=summary.done,
         waves=[w.to_dict() for w in summary.waves],
         spec=row.spec,
-        piles=[_row_dict(r) for r in pile_rows(upgrades, now, state)],
+        piles_total=len(rows),
+        piles=[_row_dict(r) for r in rows[offset:end]],
     )
     return view
 
@@ -251,9 +256,12 @@ def build_router(ctx: ApiContext, service: FirmwareService, dependencies: list[A
             raise ApiError(404, "unknown_task", f"no firmware task {task_id}")
         return row
 
-    async def view(task_id: int, state: PileState | None = None) -> dict[str, Any]:
+    async def view(
+        task_id: int, state: PileState | None = None, limit: int | None = None, offset: int = 0
+    ) -> dict[str, Any]:
         row = await task_or_404(task_id)
-        return task_view(row, upgrades_of(await repo.task_piles(task_id)), ctx.clock(), state)
+        upgrades = upgrades_of(await repo.task_piles(task_id))
+        return task_view(row, upgrades, ctx.clock(), state, limit, offset)
 
     # --- the image server (no token: chargers download from it) --------------------
     image_path = "/firmware-images/{image_id}/{filename}"
@@ -387,10 +395,16 @@ def build_router(ctx: ApiContext, service: FirmwareService, dependencies: list[A
         ]
 
     @api.get("/tasks/{task_id}")
-    async def get_task(task_id: int, state: PileState | None = None) -> dict[str, Any]:
+    async def get_task(
+        task_id: int,
+        state: PileState | None = None,
+        limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
         """Counts per state, waves, and a row per pile (last status, attempts,
-        timings); ``?state=failed`` keeps only the piles in that state."""
-        return await view(task_id, state)
+        timings); ``?state=failed`` keeps only the piles in that state;
+        ``?limit=&offset=`` pages the pile rows (``piles_total`` counts them)."""
+        return await view(task_id, state, limit, offset)
 
     @api.get("/tasks/{task_id}/piles.csv")
     async def task_csv(task_id: int, state: PileState | None = None) -> Response:

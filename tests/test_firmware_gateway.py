@@ -290,6 +290,23 @@ async def test_fifty_piles_roll_out_in_waves_and_a_failing_wave_stops_the_task(
         assert stop and stop[0]["reason"] == task["reason"]
         r = await api.post(f"/api/firmware/tasks/{task['id']}/resume")
         assert r.status_code == 409 and r.json()["error"]["code"] == "illegal_task_transition"
+        # The pile rows page (rollout order), the counts stay the task's.
+        page = (
+            await api.get(f"/api/firmware/tasks/{task['id']}", params={"limit": 20, "offset": 40})
+        ).json()
+        assert page["piles_total"] == 50 and page["counts"] == task["counts"]
+        assert [r["pile_id"] for r in page["piles"]] == [
+            r["pile_id"] for r in task["piles"][40:]
+        ]
+        pending = (
+            await api.get(
+                f"/api/firmware/tasks/{task['id']}",
+                params={"state": "pending", "limit": 5},
+            )
+        ).json()
+        assert pending["piles_total"] == 29 and len(pending["piles"]) == 5
+        bad = await api.get(f"/api/firmware/tasks/{task['id']}", params={"limit": 0})
+        assert bad.status_code == 422
     assert tracker.max <= 5
     assert [len(c.updates) for c in chargers] == [1] * 21 + [0] * 29
     await asyncio.gather(*(c.close() for c in chargers))
