@@ -30,6 +30,8 @@ class CallGate:
     """One request in flight per charger (OCPP-J 1.6 §4.1.1; CBP/1 §4), at
     most ``limit`` more waiting behind it; the next one is refused with 429."""
 
+    __slots__ = ("_lock", "waiting")
+
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self.waiting = 0

@@ -78,7 +78,35 @@ def new_conn_id() -> str:
 
 
 class OcppConnection:
-    """Implements ``gateway.registry.PileConnection`` for OCPP-J."""
+    """Implements ``gateway.registry.PileConnection`` for OCPP-J.
+
+    Slotted, and the command gate is made on the first command: one of these
+    lives per connected charger, most of them idle.
+    """
+
+    __slots__ = (
+        "_gate",
+        "_pending",
+        "bad_in_a_row",
+        "boot_rejected",
+        "conn_id",
+        "connected_at",
+        "handlers",
+        "kind",
+        "lenient",
+        "model",
+        "offline_detail",
+        "offline_reason",
+        "pile",
+        "pile_id",
+        "protocol",
+        "replaced",
+        "services",
+        "soc_flagged",
+        "validator",
+        "version",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -109,7 +137,7 @@ class OcppConnection:
         self.soc_flagged = False
         self.boot_rejected = False
         self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
-        self._gate = CallGate()
+        self._gate: CallGate | None = None  # made by the first command
         from .handlers import OcppHandlers
 
         self.handlers = OcppHandlers(self)
@@ -123,8 +151,14 @@ class OcppConnection:
         conn_id = self.conn_id
         pile_id = self.pile_id
         ws = self.ws
+        # ``recv()`` in a loop rather than ``async for``: the same frames and
+        # the same end (a normal close ends the loop, an abnormal one raises
+        # ConnectionClosedError, caught below), without an async generator
+        # kept alive per idle connection.
+        recv = ws.recv
         try:
-            async for raw in ws:
+            while True:
+                raw = await recv()
                 tracker.frame_received(conn_id, time.monotonic())
                 writer.touch(pile_id, clock())
                 if self.replaced:
@@ -263,7 +297,10 @@ class OcppConnection:
         """Send a CALL and wait for the answer; one outstanding call per
         charger (OCPP-J 1.6 §4.1.1), the others wait in a bounded queue."""
         check_command_payload(action, payload)
-        async with self._gate.turn(self.pile_id, self.services.settings.command_queue_size):
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = CallGate()
+        async with gate.turn(self.pile_id, self.services.settings.command_queue_size):
             return await self._call_now(action, payload, timeout)
 
     async def _call_now(

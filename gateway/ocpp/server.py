@@ -256,6 +256,10 @@ class OcppServer:
     # --- connection -----------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
         pile, model = self._piles.pop(ws)
+        # websockets keeps the handshake request and response for the whole
+        # life of the connection; their headers (~3.5 KiB per charger) were
+        # read by _process_request and are not needed again.
+        _drop_handshake_headers(ws)
         services = self.services
         version = SUBPROTOCOLS.get(ws.subprotocol or "ocpp1.6", "1.6")
         conn_id = new_conn_id()
@@ -321,3 +325,13 @@ def _mono() -> float:
     import time
 
     return time.monotonic()
+
+
+def _drop_handshake_headers(ws: ServerConnection) -> None:
+    """Empty the headers of the opening handshake once it is over (the
+    request and response objects stay: websockets tells the handshake from
+    later frames by ``ws.request`` being set)."""
+    if ws.request is not None:
+        ws.request.headers.clear()
+    if ws.response is not None:
+        ws.response.headers.clear()
