@@ -632,18 +632,22 @@ def mixed_args(ctx: Ctx, server: Server) -> list[str]:
 PILEGATE_TARGETS = (
     "pilegate-sqlite",
     "pilegate-postgresql",
-    "pilegate-sqlite-asyncio",
-    "pilegate-postgresql-asyncio",
+    "pilegate-sqlite-uvloop",
+    "pilegate-postgresql-uvloop",
 )
 
 
+def event_loop_of(target: str) -> str:
+    """``pilegate-...-uvloop`` targets run the gateway with ``event_loop =
+    uvloop``; the others with its default (asyncio), so one run measures
+    what uvloop brings."""
+    return "uvloop" if target.endswith("-uvloop") else "asyncio"
+
+
 def pilegate_target(ctx: Ctx, name: str, target: str) -> Server:
-    """``pilegate-{sqlite,postgresql}[-asyncio]``: the ``-asyncio`` variants run
-    the gateway on asyncio's own event loop instead of uvloop (its default
-    when installed), so one run measures what uvloop brings."""
+    """``pilegate-{sqlite,postgresql}[-uvloop]``."""
     db = "postgresql" if target.startswith("pilegate-postgresql") else "sqlite"
-    loop = "asyncio" if target.endswith("-asyncio") else "auto"
-    return ctx.pilegate(name, db, PILEGATE_EVENT_LOOP=loop)
+    return ctx.pilegate(name, db, PILEGATE_EVENT_LOOP=event_loop_of(target))
 
 
 def scenario_mixed(ctx: Ctx, target: str) -> dict[str, Any]:
@@ -861,8 +865,9 @@ def scenario_storm(ctx: Ctx, target: str) -> dict[str, Any]:
         return r
     db = "postgresql" if target.startswith("pilegate-postgresql") else "sqlite"
     name = f"s2-{target}"
-    loop = "asyncio" if target.endswith("-asyncio") else "auto"
-    server = ctx.pilegate(name, db, **PILEGATE_STORM_ENV, PILEGATE_EVENT_LOOP=loop)
+    server = ctx.pilegate(
+        name, db, **PILEGATE_STORM_ENV, PILEGATE_EVENT_LOOP=event_loop_of(target)
+    )
     # 1: first connect of every pile (registers it), then stop the gateway
     with running(server):
         first = loadgen(

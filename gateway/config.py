@@ -53,10 +53,12 @@ class Settings(BaseSettings):
         "auto",
         description="auto = readable on a terminal, JSON lines otherwise.",
     )
-    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
-        "auto",
-        description="Event loop of `pilegate serve`: uvloop (faster message path, see "
-        "docs/benchmarks.md), asyncio, or auto = uvloop when installed.",
+    event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
+        "asyncio",
+        description="Event loop of `pilegate serve`: asyncio, uvloop (pip install "
+        "'pilegate[uvloop]': a sixth more mixed msgs/s on SQLite, but a 10,000-charger "
+        "reconnect storm took 109 s instead of 18 s, see docs/benchmarks.md), or auto = "
+        "uvloop when installed.",
     )
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, le=300, description="How long shutdown waits for in-flight work."

@@ -36,7 +36,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float) -> 
 
 @pytest.mark.parametrize(
     ("sig", "event_loop", "loop_module"),
-    [(signal.SIGTERM, "auto", "uvloop"), (signal.SIGINT, "asyncio", "asyncio")],
+    [(signal.SIGTERM, "uvloop", "uvloop"), (signal.SIGINT, "asyncio", "asyncio")],
 )
 def test_serve_starts_and_stops_gracefully(
     tmp_path: Path, sig: signal.Signals, event_loop: str, loop_module: str
