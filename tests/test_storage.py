@@ -115,3 +115,39 @@ async def test_naive_datetimes_are_refused(store: Store) -> None:
         await store.register_pile(
             pileid.parse_pile_id("44200000010000100001"), datetime(2026, 1, 1)
         )
+
+
+async def test_concurrent_handshake_lookups_share_queries(store: Store) -> None:
+    """A storm's handshakes are answered by a few IN (...) queries, each
+    answer still the database's: registered or not, password hash, model."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    known = [f"442000000100001{n:05d}" for n in range(1, 601)]
+    for n, text in enumerate(known):
+        await store.register_pile(pileid.parse_pile_id(text), T0, model=f"M{n}")
+    await store.set_pile_password_hash(known[0], "hash-of-pile-1")
+    unknown = [f"442000000100001{n:05d}" for n in range(701, 801)]
+    statements: list[str] = []
+
+    def count(_c: object, _cur: object, statement: str, *_a: object) -> None:
+        if "password_hash" in statement:
+            statements.append(statement)
+
+    sync_engine = store.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", count)
+    try:
+        asked = [*known, *unknown, known[5]]  # one pile asked twice
+        answers = await asyncio.gather(*(store.handshake_info(p) for p in asked))
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", count)
+    assert answers[0] == (True, "hash-of-pile-1", "M0")
+    assert answers[1:600] == [(True, None, f"M{n}") for n in range(1, 600)]
+    assert answers[600:700] == [(False, None, None)] * 100
+    assert answers[700] == (True, None, "M5")
+    # 701 look-ups: the first alone, the other 700 together (IN lists of 500)
+    assert len(statements) <= 4, len(statements)
+    # Later look-ups read the database again (nothing cached).
+    await store.set_pile_password_hash(known[1], "new-hash")
+    assert await store.handshake_info(known[1]) == (True, "new-hash", "M1")

@@ -56,6 +56,7 @@ from protocol.cloudboard import (
 )
 
 from ..ocpp.connection import OcppConnection, new_conn_id
+from ..ocpp.server import LISTEN_BACKLOG
 from ..registry import CommandError
 from ..services import Services
 from .common import (
@@ -123,7 +124,7 @@ class CbpServer:
     async def start(self) -> None:
         s = self.services.settings
         self._server = await asyncio.start_server(
-            self._accepted, s.cbp_host, s.cbp_port, limit=65536
+            self._accepted, s.cbp_host, s.cbp_port, limit=65536, backlog=LISTEN_BACKLOG
         )
         log.info("CBP/1 listener", host=s.cbp_host, port=self.port)
 

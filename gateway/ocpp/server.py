@@ -124,6 +124,10 @@ class OcppServer:
             # database; during a reconnect storm that can take longer than
             # websockets' default 10 s.
             open_timeout=30,
+            # A reconnect storm opens thousands of connections at once; with
+            # the default listen backlog (100) the kernel drops SYNs and the
+            # chargers retry seconds later (capped by net.core.somaxconn).
+            backlog=LISTEN_BACKLOG,
             logger=logging.getLogger("pilegate.websockets"),
         )
         log.info("OCPP listener", host=s.ocpp_host, port=self.port, path=s.ocpp_path_prefix)
@@ -319,6 +323,9 @@ class OcppServer:
                 services.observers.pile_disconnected(conn.pile_id, conn.conn_id)
             log.info("disconnected", reason=reason, detail=detail)
             structlog.contextvars.unbind_contextvars("pile_id", "conn_id")
+
+
+LISTEN_BACKLOG = 4096
 
 
 def _mono() -> float:

@@ -7,6 +7,8 @@ lazily load or accidentally write through a session.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -262,18 +264,31 @@ def _new_pile_row(pile: PileId, now: datetime) -> Pile:
     )
 
 
+HandshakeInfo = tuple[bool, str | None, str | None]  # registered, password hash, model
+_UNKNOWN_PILE: HandshakeInfo = (False, None, None)
+_IN_CHUNK = 500  # pile IDs per IN (...): far below every backend's parameter limit
+
+
 class Store:
     """Async repository over one engine."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
+        # Handshake look-ups waiting for the next batched query (see handshake_info).
+        self._hs_waiting: dict[str, list[asyncio.Future[HandshakeInfo]]] = {}
+        self._hs_task: asyncio.Task[None] | None = None
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         return self._sessions
 
     async def close(self) -> None:
+        task = self._hs_task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.engine.dispose()
 
     # --- piles -------------------------------------------------------------
@@ -645,17 +660,59 @@ class Store:
             rows = await s.scalars(stmt.order_by(ChargerMessage.id.desc()).limit(limit))
             return [_copy(ChargerMessageRecord, r) for r in rows]
 
-    async def handshake_info(self, pile_id: str) -> tuple[bool, str | None, str | None]:
-        """(registered, password hash, model) in one query, for the handshake."""
+    async def handshake_info(self, pile_id: str) -> HandshakeInfo:
+        """(registered, password hash, model), for the OCPP handshake and the
+        CBP/1 login.
+
+        Look-ups that arrive while one is running are answered together by
+        the next query (``WHERE pile_id IN (...)``): in a reconnect storm of
+        10,000 chargers, one session and query per handshake serialised on
+        the database connection made the storm last 18 s with the gateway's
+        CPU mostly idle (docs/benchmarks.md, scenario 2). Every answer still
+        comes from the database, read after the request arrived."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[HandshakeInfo] = loop.create_future()
+        self._hs_waiting.setdefault(pile_id, []).append(fut)
+        if self._hs_task is None:
+            self._hs_task = loop.create_task(self._handshake_batches(), name="handshake-lookups")
+        return await fut
+
+    async def _handshake_batches(self) -> None:
+        try:
+            while self._hs_waiting:
+                batch, self._hs_waiting = self._hs_waiting, {}
+                try:
+                    found = await self._handshake_rows(list(batch))
+                except Exception as exc:  # the database is down: each caller sees it
+                    for futures in batch.values():
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(exc)
+                    continue
+                for pile_id, futures in batch.items():
+                    info = found.get(pile_id, _UNKNOWN_PILE)
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(info)
+        finally:
+            self._hs_task = None
+            for futures in self._hs_waiting.values():  # cancelled at shutdown
+                for f in futures:
+                    f.cancel()
+            self._hs_waiting = {}
+
+    async def _handshake_rows(self, pile_ids: list[str]) -> dict[str, HandshakeInfo]:
+        found: dict[str, HandshakeInfo] = {}
         async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(Pile.password_hash, Pile.model).where(Pile.pile_id == pile_id)
+            for i in range(0, len(pile_ids), _IN_CHUNK):
+                rows = await s.execute(
+                    select(Pile.pile_id, Pile.password_hash, Pile.model).where(
+                        Pile.pile_id.in_(pile_ids[i : i + _IN_CHUNK])
+                    )
                 )
-            ).first()
-            if row is None:
-                return False, None, None
-            return True, row[0], row[1]
+                for pile_id, password_hash, model in rows:
+                    found[pile_id] = (True, password_hash, model)
+        return found
 
     async def gun_history(
         self, pile_id: str, connector_id: int, limit: int = 100
