@@ -56,9 +56,8 @@ class Settings(BaseSettings):
     event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
         "asyncio",
         description="Event loop of `pilegate serve`: asyncio, uvloop (pip install "
-        "'pilegate[uvloop]': a sixth more mixed msgs/s on SQLite, but a 10,000-charger "
-        "reconnect storm took 109 s instead of 18 s, see docs/benchmarks.md), or auto = "
-        "uvloop when installed.",
+        "'pilegate[uvloop]': a sixth more mixed msgs/s on SQLite, the same on PostgreSQL, "
+        "see docs/benchmarks.md), or auto = uvloop when installed.",
     )
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, le=300, description="How long shutdown waits for in-flight work."
