@@ -151,3 +151,35 @@ async def test_concurrent_handshake_lookups_share_queries(store: Store) -> None:
     # Later look-ups read the database again (nothing cached).
     await store.set_pile_password_hash(known[1], "new-hash")
     assert await store.handshake_info(known[1]) == (True, "new-hash", "M1")
+
+
+async def test_registrations_at_connect_are_batched_and_idempotent(store: Store) -> None:
+    import asyncio
+
+    from sqlalchemy import event
+
+    first = pileid.parse_pile_id("44200000010000100001")
+    existing = await store.register_pile(first, T0, model="KEEP")
+    piles = [pileid.parse_pile_id(f"442000000100001{n:05d}") for n in range(1, 701)]
+    inserts: list[str] = []
+
+    def count(_c: object, _cur: object, statement: str, *_a: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    sync_engine = store.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", count)
+    try:
+        # every pile once, one of them three times, one already registered
+        await asyncio.gather(
+            *(store.register_at_connect(p, T0) for p in [*piles, piles[9], piles[9]])
+        )
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", count)
+    listed, total = await store.list_piles(limit=1000)
+    assert total == 700
+    got = await store.get_pile(first.text)
+    assert got == existing and got is not None and got.model == "KEEP"  # untouched
+    new = await store.get_pile(piles[99].text)
+    assert new is not None and new.kind == "AC" and new.registered_at == T0
+    assert len(inserts) <= 4, len(inserts)

@@ -376,7 +376,7 @@ class CbpServer:
         if not registered:
             # Registered only once the checks above passed: a refused login
             # must not create piles.
-            await services.store.ensure_pile(pile, services.clock())
+            await services.store.register_at_connect(pile, services.clock())
             log.info("pile registered at first login", pile_id=pile.text)
         conn.pile = pile
         conn.pile_id = pile.text

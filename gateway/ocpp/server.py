@@ -252,7 +252,7 @@ class OcppServer:
         if not registered:
             # Registered only once every check passed: a refused handshake
             # (or a stray HTTP GET) must not create piles.
-            await services.store.ensure_pile(pile, services.clock())
+            await services.store.register_at_connect(pile, services.clock())
             log.info("pile registered at first connect", pile_id=pile.text)
         self._piles[conn] = (pile, model)
         return None

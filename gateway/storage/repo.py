@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -267,6 +267,70 @@ def _new_pile_row(pile: PileId, now: datetime) -> Pile:
 HandshakeInfo = tuple[bool, str | None, str | None]  # registered, password hash, model
 _UNKNOWN_PILE: HandshakeInfo = (False, None, None)
 _IN_CHUNK = 500  # pile IDs per IN (...): far below every backend's parameter limit
+_INSERT_CHUNK = 500  # rows per multi-row INSERT: 11 columns, 5,500 parameters
+V = TypeVar("V")
+
+
+class _Coalescer(Generic[V]):
+    """Requests that arrive while a batch is being fetched wait for the next
+    batch; one ``fetch(dict key → item)`` answers them all (a key missing
+    from its result gets ``default``). Its single task ends when nobody
+    waits, and :meth:`close` cancels it (waiters then see CancelledError)."""
+
+    def __init__(
+        self,
+        fetch: Callable[[dict[str, Any]], Awaitable[dict[str, V]]],
+        default: V,
+        name: str,
+    ) -> None:
+        self._fetch = fetch
+        self._default = default
+        self._name = name
+        self._waiting: dict[str, tuple[Any, list[asyncio.Future[V]]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self, key: str, item: Any) -> V:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[V] = loop.create_future()
+        entry = self._waiting.get(key)
+        if entry is None:
+            self._waiting[key] = (item, [fut])
+        else:
+            entry[1].append(fut)
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name=self._name)
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                try:
+                    found = await self._fetch({k: item for k, (item, _) in batch.items()})
+                except Exception as exc:  # e.g. the database is down: each caller sees it
+                    for _, futures in batch.values():
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(exc)
+                    continue
+                for key, (_, futures) in batch.items():
+                    value = found.get(key, self._default)
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(value)
+        finally:
+            self._task = None
+            for _, futures in self._waiting.values():  # cancelled at shutdown
+                for f in futures:
+                    f.cancel()
+            self._waiting = {}
+
+    async def close(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class Store:
@@ -275,20 +339,22 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
-        # Handshake look-ups waiting for the next batched query (see handshake_info).
-        self._hs_waiting: dict[str, list[asyncio.Future[HandshakeInfo]]] = {}
-        self._hs_task: asyncio.Task[None] | None = None
+        # Requests of many connections at once, answered by one query (see
+        # handshake_info and register_at_connect).
+        self._handshakes: _Coalescer[HandshakeInfo] = _Coalescer(
+            self._handshake_rows, _UNKNOWN_PILE, "handshake-lookups"
+        )
+        self._registrations: _Coalescer[None] = _Coalescer(
+            self._register_rows, None, "pile-registrations"
+        )
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         return self._sessions
 
     async def close(self) -> None:
-        task = self._hs_task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._handshakes.close()
+        await self._registrations.close()
         await self.engine.dispose()
 
     # --- piles -------------------------------------------------------------
@@ -670,38 +736,30 @@ class Store:
         the database connection made the storm last 18 s with the gateway's
         CPU mostly idle (docs/benchmarks.md, scenario 2). Every answer still
         comes from the database, read after the request arrived."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[HandshakeInfo] = loop.create_future()
-        self._hs_waiting.setdefault(pile_id, []).append(fut)
-        if self._hs_task is None:
-            self._hs_task = loop.create_task(self._handshake_batches(), name="handshake-lookups")
-        return await fut
+        return await self._handshakes.get(pile_id, pile_id)
 
-    async def _handshake_batches(self) -> None:
-        try:
-            while self._hs_waiting:
-                batch, self._hs_waiting = self._hs_waiting, {}
-                try:
-                    found = await self._handshake_rows(list(batch))
-                except Exception as exc:  # the database is down: each caller sees it
-                    for futures in batch.values():
-                        for f in futures:
-                            if not f.done():
-                                f.set_exception(exc)
-                    continue
-                for pile_id, futures in batch.items():
-                    info = found.get(pile_id, _UNKNOWN_PILE)
-                    for f in futures:
-                        if not f.done():
-                            f.set_result(info)
-        finally:
-            self._hs_task = None
-            for futures in self._hs_waiting.values():  # cancelled at shutdown
-                for f in futures:
-                    f.cancel()
-            self._hs_waiting = {}
+    async def register_at_connect(self, pile: PileId, now: datetime) -> None:
+        """Register a pile at its first connection unless it already is (a
+        concurrent connection or another node may have done it). Batched like
+        :meth:`handshake_info`: a first-connect storm registers its piles with
+        a few ``INSERT ... ON CONFLICT DO NOTHING`` of many rows."""
+        await self._registrations.get(pile.text, (pile, now))
 
-    async def _handshake_rows(self, pile_ids: list[str]) -> dict[str, HandshakeInfo]:
+    async def _register_rows(self, batch: dict[str, Any]) -> dict[str, None]:
+        rows: list[dict[str, Any]] = []
+        for pile, now in batch.values():
+            row = _new_pile_row(pile, now)
+            rows.append(
+                {c.key: getattr(row, c.key) for c in Pile.__table__.columns
+                 if getattr(row, c.key) is not None}
+            )
+        async with self._sessions() as s, s.begin():
+            for i in range(0, len(rows), _INSERT_CHUNK):
+                await s.execute(insert_ignore(s, Pile, rows[i : i + _INSERT_CHUNK]))
+        return {}
+
+    async def _handshake_rows(self, batch: dict[str, Any]) -> dict[str, HandshakeInfo]:
+        pile_ids = list(batch)
         found: dict[str, HandshakeInfo] = {}
         async with self._sessions() as s:
             for i in range(0, len(pile_ids), _IN_CHUNK):
