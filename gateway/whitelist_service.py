@@ -141,6 +141,15 @@ class WhitelistService:
 
     # --- observer ------------------------------------------------------------------
     def pile_connected(self, conn: PileConnection) -> None:
+        cache = self._cache
+        if (
+            cache is not None
+            and conn.pile_id not in self._managed
+            and not any(w.applies_to(conn.pile_id) for w in cache[0])
+        ):
+            # Decided without a task when the lists are loaded: in a reconnect
+            # storm a task per unmanaged pile was 4 % of the gateway's CPU.
+            return
         self.services.spawn(self._connected(conn), f"whitelist-connect-{conn.pile_id}")
 
     def pile_disconnected(self, pile_id: str, conn_id: str) -> None:
