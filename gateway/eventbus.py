@@ -7,12 +7,15 @@ so a single gateway on SQLite does not grow an outbox nobody drains.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import BaseModel
 
 from .events import (
     EventType,
+    MeterSample,
+    MeterSamples,
     PileConnected,
     PileDisconnected,
     Presence,
@@ -21,7 +24,7 @@ from .events import (
     new_event,
     presence_topic,
 )
-from .storage.writer import OutboxOp, PresenceOp, WriteOp
+from .storage.writer import MeterSampleOp, OutboxOp, PresenceOp, WriteOp
 
 
 class EventSink:
@@ -44,6 +47,38 @@ class EventSink:
         if not self.enabled:
             return ()
         return (OutboxOp(self.node_id, pile_id, self.rows(type_, pile_id, at, data, presence), at),)
+
+    def meter_samples_op(
+        self,
+        pile_id: str,
+        at: datetime,
+        connector_id: int,
+        transaction_key: int,
+        samples: Sequence[MeterSampleOp],
+    ) -> tuple[OutboxOp, ...]:
+        """The ``meter.samples`` event of stored samples (OCPP MeterValues,
+        CBP/1 0x13). Nothing is built when events are off: building the
+        payload was 3 % of the mixed load's profile."""
+        if not self.enabled or not samples:
+            return ()
+        payload = MeterSamples(
+            connector_id=connector_id,
+            transaction_id=transaction_key or None,
+            samples=[
+                MeterSample(
+                    at=x.at,
+                    measurand=x.measurand,
+                    phase=x.phase,
+                    unit=x.unit,
+                    context=x.context,
+                    location=x.location,
+                    value=x.value,
+                    value_num=x.value_num,
+                )
+                for x in samples
+            ],
+        )
+        return self.op("meter.samples", pile_id, at, payload)
 
     def rows(
         self,

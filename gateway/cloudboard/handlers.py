@@ -49,8 +49,6 @@ from sessions.charging import authorize, started_offline
 from ..events import (
     GunStatus,
     KindMismatch,
-    MeterSample,
-    MeterSamples,
     PileBoot,
     TransactionStarted,
     TransactionStopped,
@@ -244,31 +242,7 @@ class CbpHandlers:
         tx_key = await self._transaction_key(m, at, now)
         samples = self._samples(m, at, now, tx_key, "Trigger" if triggered else "Sample.Periodic")
         ops.extend(samples)
-        if s.events.enabled:  # the payload is not even built without MQTT
-            ops.extend(
-                s.events.op(
-                    "meter.samples",
-                    conn.pile_id,
-                    now,
-                    MeterSamples(
-                        connector_id=gun,
-                        transaction_id=tx_key or None,
-                        samples=[
-                            MeterSample(
-                                at=x.at,
-                                measurand=x.measurand,
-                                phase=x.phase,
-                                unit=x.unit,
-                                context=x.context,
-                                location=x.location,
-                                value=x.value,
-                                value_num=x.value_num,
-                            )
-                            for x in samples
-                        ],
-                    ),
-                )
-            )
+        ops.extend(s.events.meter_samples_op(conn.pile_id, now, gun, tx_key, samples))
         await s.writer.put(*ops)
         if m.soc is not None and conn.kind == "AC" and not self._soc_flagged:
             # CBP/1 §3 0x13: SoC is 0xFF (unknown) "always for AC".
