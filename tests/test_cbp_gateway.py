@@ -537,7 +537,9 @@ async def _silent_charger(gw: Gateway) -> None:
     assert reply.heartbeat_interval == 5
     await charger.expect(MessageType.TIME_SYNC)
     await asyncio.sleep(0.2)  # its time-sync reply is the last frame it sends
-    silent_since = time.monotonic()
+    # Measured from the last frame written, not from when this test got to
+    # run again: a busy loop here must not shorten the measured silence.
+    silent_since = charger.last_write
     await charger.wait_closed(timeout=20)
     silent_for = time.monotonic() - silent_since
     event = await latest_presence(gw, AC, "heartbeat_timeout")

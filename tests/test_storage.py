@@ -176,7 +176,7 @@ async def test_registrations_at_connect_are_batched_and_idempotent(store: Store)
         )
     finally:
         event.remove(sync_engine, "before_cursor_execute", count)
-    listed, total = await store.list_piles(limit=1000)
+    _, total = await store.list_piles(limit=1000)
     assert total == 700
     got = await store.get_pile(first.text)
     assert got == existing and got is not None and got.model == "KEEP"  # untouched

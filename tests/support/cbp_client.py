@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -124,6 +125,7 @@ class CbpCharger:
         self._unclaimed: list[tuple[Frame, Message]] = []
         self._arrived = asyncio.Condition()
         self.closed = asyncio.Event()
+        self.last_write = time.monotonic()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -188,6 +190,7 @@ class CbpCharger:
     def write(self, data: bytes) -> None:
         if not self.writer.transport.is_closing():
             self.writer.write(data)
+            self.last_write = time.monotonic()  # when the gateway last heard from us
 
     async def send_raw(self, data: bytes) -> None:
         self.write(data)
