@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from .events import (
     EventType,
+    GunStatus,
     MeterSample,
     MeterSamples,
     PileConnected,
@@ -24,7 +25,7 @@ from .events import (
     new_event,
     presence_topic,
 )
-from .storage.writer import MeterSampleOp, OutboxOp, PresenceOp, WriteOp
+from .storage.writer import GunStatusOp, MeterSampleOp, OutboxOp, PresenceOp, WriteOp
 
 
 class EventSink:
@@ -47,6 +48,22 @@ class EventSink:
         if not self.enabled:
             return ()
         return (OutboxOp(self.node_id, pile_id, self.rows(type_, pile_id, at, data, presence), at),)
+
+    def gun_status_op(self, op: GunStatusOp, at: datetime) -> tuple[OutboxOp, ...]:
+        """The ``gun.status`` event of a stored gun status (OCPP
+        StatusNotification, CBP/1 0x13); nothing is built when events are off."""
+        if not self.enabled:
+            return ()
+        payload = GunStatus(
+            connector_id=op.connector_id,
+            gun_id=op.gun_id,
+            status=op.status,
+            error_code=op.error_code,
+            info=op.info,
+            vendor_error_code=op.vendor_error_code,
+            at=op.at,
+        )
+        return self.op("gun.status", op.pile_id, at, payload)
 
     def meter_samples_op(
         self,

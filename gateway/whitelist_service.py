@@ -142,11 +142,7 @@ class WhitelistService:
     # --- observer ------------------------------------------------------------------
     def pile_connected(self, conn: PileConnection) -> None:
         cache = self._cache
-        if (
-            cache is not None
-            and conn.pile_id not in self._managed
-            and not any(w.applies_to(conn.pile_id) for w in cache[0])
-        ):
+        if cache is not None and self._unmanaged(conn.pile_id, cache[0]):
             # Decided without a task when the lists are loaded: in a reconnect
             # storm a task per unmanaged pile was 4 % of the gateway's CPU.
             return
@@ -249,6 +245,10 @@ class WhitelistService:
         lists, _ = await self._snapshot()
         return any(w.applies_to(pile_id) for w in lists)
 
+    def _unmanaged(self, pile_id: str, lists: list[Whitelist]) -> bool:
+        """No list applies and none ever did: nothing to do for this pile."""
+        return pile_id not in self._managed and not any(w.applies_to(pile_id) for w in lists)
+
     async def refresh_connected(self) -> None:
         for conn in list(self.services.registry):
             if conn.pile_id not in self.engines:
@@ -277,7 +277,8 @@ class WhitelistService:
     async def _connected(self, conn: PileConnection) -> None:
         pile_id = conn.pile_id
         transport = Transport.CBP1 if conn.protocol == "cbp1" else Transport.OCPP16
-        if not await self._has_lists(pile_id) and pile_id not in self._managed:
+        lists, _ = await self._snapshot()
+        if self._unmanaged(pile_id, lists):
             # Unmanaged and nothing assigned: no database work at all (the
             # common case during a reconnect storm without whitelists).
             return

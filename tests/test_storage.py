@@ -68,8 +68,8 @@ async def test_register_and_read_pile(store: Store) -> None:
     assert got is not None and got.registered_at == T0 and got.registered_at.tzinfo is not None
     with pytest.raises(PileExists):
         await store.register_pile(pid, T0)
-    again, created = await store.ensure_pile(pid, T0)
-    assert not created and again == rec
+    await store.register_at_connect(pid, T0)  # already registered: nothing changes
+    assert await store.get_pile("44030800010000200005") == rec
 
 
 async def test_list_filters(store: Store) -> None:

@@ -47,7 +47,6 @@ from sessions.charging import AuthStatus as DomainAuthStatus
 from sessions.charging import authorize, started_offline
 
 from ..events import (
-    GunStatus,
     KindMismatch,
     PileBoot,
     TransactionStarted,
@@ -224,21 +223,7 @@ class CbpHandlers:
             )
             s.observers.gun_status(conn.pile_id, gun, status)
             ops.append(op)
-            ops.extend(
-                s.events.op(
-                    "gun.status",
-                    conn.pile_id,
-                    now,
-                    GunStatus(
-                        connector_id=gun,
-                        gun_id=op.gun_id,
-                        status=status,
-                        error_code=op.error_code,
-                        vendor_error_code=op.vendor_error_code,
-                        at=at,
-                    ),
-                )
-            )
+            ops.extend(s.events.gun_status_op(op, now))
         tx_key = await self._transaction_key(m, at, now)
         samples = self._samples(m, at, now, tx_key, "Trigger" if triggered else "Sample.Periodic")
         ops.extend(samples)

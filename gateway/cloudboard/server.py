@@ -56,6 +56,7 @@ from protocol.cloudboard import (
 )
 
 from ..ocpp.connection import OcppConnection, new_conn_id
+from ..ocpp.handlers import model_kind_evidence
 from ..ocpp.server import LISTEN_BACKLOG
 from ..registry import CommandError
 from ..services import Services
@@ -389,11 +390,9 @@ class CbpServer:
         if reported != conn.kind:
             evidence.append({"source": "cbp_login", "reported_kind": reported})
         # The model table applies to a Login's model as to a BootNotification's.
-        declared = settings.model_kinds.get(login.model)
-        if declared is not None and declared != conn.kind:
-            evidence.append(
-                {"source": "model_kinds", "model": login.model, "reported_kind": declared}
-            )
+        by_model = model_kind_evidence(settings.model_kinds, login.model, conn.kind)
+        if by_model is not None:
+            evidence.append(by_model)
         if evidence:
             for item in evidence:
                 await conn.handlers.flag_kind(item)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,6 @@ from sessions.charging import (
 )
 
 from ..events import (
-    GunStatus,
     KindMismatch,
     PileBoot,
     TransactionStarted,
@@ -55,6 +54,18 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Measurands only a DC charger can report: an AC charger does not talk to
 # the car's battery management system (IEC 61851 / ISO 15118 over PWM only).
 DC_ONLY_MEASURANDS = frozenset({"SoC"})
+
+
+def model_kind_evidence(
+    model_kinds: Mapping[str, str], model: str, pile_kind: str
+) -> dict[str, Any] | None:
+    """Kind-mismatch evidence when the ``model_kinds`` table gives the
+    reported model the other kind than the pile ID (BootNotification and
+    CBP/1 Login alike), else None."""
+    declared = model_kinds.get(model)
+    if declared is None or declared == pile_kind:
+        return None
+    return {"source": "model_kinds", "model": model, "reported_kind": declared}
 
 
 def parse_time(text: str) -> datetime:
@@ -141,12 +152,9 @@ class OcppHandlers:
             "protocol": self.conn.protocol,
         }
         status = "Accepted"
-        declared = settings.model_kinds.get(model)
-        evidence: dict[str, Any] | None = None
-        if declared is not None and declared != self.conn.kind:
-            evidence = {"source": "model_kinds", "model": model, "reported_kind": declared}
-            if settings.kind_policy == "reject":
-                status = "Rejected"
+        evidence = model_kind_evidence(settings.model_kinds, model, self.conn.kind)
+        if evidence is not None and settings.kind_policy == "reject":
+            status = "Rejected"
         # Boot data is stored even for a Rejected boot: operators need to see
         # what the charger claimed to be.
         await s.writer.put(
@@ -211,26 +219,7 @@ class OcppHandlers:
             received_at=now,
         )
         self.s.observers.gun_status(self.conn.pile_id, connector, op.status)
-        if not self.s.events.enabled:  # no payload to build (see meter_values)
-            await self.s.writer.put(op)
-            return {}
-        await self.s.writer.put(
-            op,
-            *self.s.events.op(
-                "gun.status",
-                self.conn.pile_id,
-                now,
-                GunStatus(
-                    connector_id=connector,
-                    gun_id=op.gun_id,
-                    status=op.status,
-                    error_code=op.error_code,
-                    info=op.info,
-                    vendor_error_code=op.vendor_error_code,
-                    at=at,
-                ),
-            ),
-        )
+        await self.s.writer.put(op, *self.s.events.gun_status_op(op, now))
         return {}
 
     async def _token(self, id_tag: str) -> TokenView | None:

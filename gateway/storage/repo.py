@@ -377,19 +377,6 @@ class Store:
                 raise PileExists(pile.text) from exc
             return _pile(row)
 
-    async def ensure_pile(self, pile: PileId, now: datetime) -> tuple[PileRecord, bool]:
-        """Return the pile, registering it first if unknown; (record, created)."""
-        existing = await self.get_pile(pile.text)
-        if existing is not None:
-            return existing, False
-        try:
-            return await self.register_pile(pile, now), True
-        except PileExists:
-            # Another connection (or node) registered it in between.
-            again = await self.get_pile(pile.text)
-            assert again is not None
-            return again, False
-
     async def get_pile(self, pile_id: str) -> PileRecord | None:
         async with self._sessions() as s:
             row = await s.get(Pile, pile_id)
@@ -749,10 +736,9 @@ class Store:
         rows: list[dict[str, Any]] = []
         for pile, now in batch.values():
             row = _new_pile_row(pile, now)
-            rows.append(
-                {c.key: getattr(row, c.key) for c in Pile.__table__.columns
-                 if getattr(row, c.key) is not None}
-            )
+            values = {c.key: getattr(row, c.key) for c in Pile.__table__.columns}
+            # unset columns are left out, so their defaults apply
+            rows.append({k: v for k, v in values.items() if v is not None})
         async with self._sessions() as s, s.begin():
             for i in range(0, len(rows), _INSERT_CHUNK):
                 await s.execute(insert_ignore(s, Pile, rows[i : i + _INSERT_CHUNK]))
