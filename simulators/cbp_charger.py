@@ -491,8 +491,6 @@ class CbpCharger(Charger):
                        f"{record.energy_wh} Wh{', offline' if tx.offline else ''}")
         self._enqueue(Outgoing("TransactionRecord", {"message": record}, keep=True), now)
         self._set_status(g, "Finishing" if g.plugged else "Available", now)
-        if g.status != "Finishing":
-            self.serials.pop(g.number, None)
 
     def _set_status(self, g: Gun, status: str, now: float) -> None:
         super()._set_status(g, status, now)
@@ -773,8 +771,6 @@ class CbpCharger(Charger):
             self.firmware_task = None
 
 
-_REPLY_TYPES = (
-    LoginReply, HeartbeatAck, AuthResult, TransactionConfirm, FirmwareStatusAck,
-)
+_REPLY_TYPES = tuple(_REPLY.values())
 
 __all__ = ["CbpCharger", "cbp_pile", "local_time", "parse_tcp_url"]

@@ -263,7 +263,8 @@ class ScenarioRunner:
                     f"{scenario.source}: charger {name} speaks cbp1: give the gateway's "
                     "CBP/1 listener (--cbp-url tcp://HOST:9010)"
                 )
-            url = cbp_url if cfg.protocol == "cbp1" and cbp_url else gateway_url
+            url = cbp_url if cfg.protocol == "cbp1" else gateway_url
+            assert url is not None  # checked above for cbp1
             self.drivers[name] = SimulatedCharger(cfg, url)
         first = next(iter(scenario.chargers.values()), None)
         #: the protocol of expectations without a charger (metric, api, command)

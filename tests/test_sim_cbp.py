@@ -19,10 +19,6 @@ from tests.support.gateway import api_client, flushed, running_gateway
 PILE = "44200000010000100001"
 
 
-def cbp_port(gw: Any) -> int:
-    return int(next(e for e in gw.extensions if type(e).__name__ == "CbpServer").port)
-
-
 async def _poll(check: Any, timeout: float = 10.0) -> Any:
     async with asyncio.timeout(timeout):
         while True:
@@ -45,7 +41,7 @@ async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
     async with running_gateway(database_url, cbp_heartbeat_interval=5) as gw:
         cfg = ChargerConfig(pile_id=PILE, protocol="cbp1", power_kw=7.0, time_scale=60.0,
                             meter_interval=15)
-        charger = SimulatedCharger(cfg, f"tcp://127.0.0.1:{cbp_port(gw)}")
+        charger = SimulatedCharger(cfg, f"tcp://127.0.0.1:{gw.cbp_port}")
         model = charger.model
         assert isinstance(model, CbpCharger)
         charger.start()
@@ -109,7 +105,7 @@ async def test_cbp_load_fifty_chargers_for_three_seconds(tmp_path: Path) -> None
     async with running_gateway(db, cbp_heartbeat_interval=5) as gw:
         lines: list[str] = []
         opts = LoadOptions(
-            url=f"tcp://127.0.0.1:{cbp_port(gw)}", count=50, ramp=100, duration=3,
+            url=f"tcp://127.0.0.1:{gw.cbp_port}", count=50, ramp=100, duration=3,
             charging_share=0.5, meter_interval=0.5, charge_seconds=1.0, idle_seconds=0.3,
             heartbeat_interval=1.0, report_every=1.0, protocol="cbp1",
         )
@@ -174,7 +170,7 @@ async def test_network_faults_on_a_cloud_board_charger(database_url: str) -> Non
         runner = ScenarioRunner(
             sc,
             gateway_url=f"ws://127.0.0.1:{gw.ocpp_port}/ocpp",
-            cbp_url=f"tcp://127.0.0.1:{cbp_port(gw)}",
+            cbp_url=f"tcp://127.0.0.1:{gw.cbp_port}",
             api_url=f"http://127.0.0.1:{gw.api_port}",
             api_token=TOKEN,
         )
