@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,13 +31,10 @@ from gateway.logging import get_logger
 
 from .models import (
     ChargerMessage,
-    Gun,
-    GunStatusEvent,
-    MeterValue,
-    OutboxEvent,
     Pile,
     PresenceEvent,
 )
+from .rawsql import dialect_insert, executemany, statements_for
 
 log = get_logger("pilegate.storage")
 
@@ -153,48 +150,8 @@ WriteOp = (
 
 def insert_ignore(session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]]) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING for the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model).values(list(rows)).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(model).values(list(rows)).on_conflict_do_nothing()
-
-
-def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(model)
-
-
-def insert_ignore_stmt(session: AsyncSession, model: type[Any]) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING without values: execute it with a
-    list of rows (executemany), so SQLAlchemy compiles it once and caches it."""
-    return _dialect_insert(session, model).on_conflict_do_nothing()
-
-
-_GUN_COLUMNS = ("gun_id", "status", "error_code", "info", "vendor_error_code", "status_at")
-
-
-def upsert_gun_stmt(session: AsyncSession) -> Any:
-    """Upsert of a gun's current status, for executemany; statuses may arrive
-    late (replayed after an outage): only a newer status replaces the current one."""
-    stmt = _dialect_insert(session, Gun)
-    return stmt.on_conflict_do_update(
-        index_elements=["pile_id", "connector_id"],
-        set_={k: stmt.excluded[k] for k in _GUN_COLUMNS},
-        where=Gun.status_at <= stmt.excluded.status_at,
-    )
-
-
-# SQLite allows 32766 bound parameters per statement; 13 columns per sample.
-_METER_CHUNK = 1000
+    stmt = dialect_insert(session.get_bind().dialect, model)
+    return stmt.values(list(rows)).on_conflict_do_nothing()
 
 
 class WriteBehind:
@@ -253,6 +210,24 @@ class WriteBehind:
         self._report_depth()
         if self._queued_ops >= self._batch_max or any(type(op) is DurableOp for op in ops):
             self._wakeup.set()
+
+    def try_put(self, *ops: WriteOp) -> bool:
+        """Enqueue without waiting, if the queue has room (else False and
+        nothing enqueued: the caller falls back to ``put``, which waits).
+        The connection fast path uses it to answer a frame without a task
+        switch. Durable operations are not accepted here."""
+        if self._closed:
+            raise RuntimeError("write queue is closed")
+        if self._queued_ops >= self._max_items:
+            return False
+        if ops:
+            self._queue.append(ops)
+            self._queued_ops += len(ops)
+            self._enqueued += 1
+            self._report_depth()
+            if self._queued_ops >= self._batch_max:
+                self._wakeup.set()
+        return True
 
     async def call(self, fn: Callable[[AsyncSession], Awaitable[Any]], *ops: WriteOp) -> Any:
         """Run ``fn`` in order with the queue and return its result once
@@ -351,25 +326,25 @@ class WriteBehind:
             # statement or unit-of-work flush per message (docs/benchmarks.md,
             # "Where the time goes"). Outbox rows keep their order: they are
             # written before anything that adds outbox rows itself.
-            meters: list[dict[str, Any]] = []
-            gun_events: list[dict[str, Any]] = []
+            raw = statements_for(s)
+            meters: list[MeterSampleOp] = []
+            gun_events: list[GunStatusOp] = []
             guns: dict[tuple[str, int], dict[str, Any]] = {}
             outbox: list[dict[str, Any]] = []
 
             async def drain_outbox() -> None:
                 if outbox:
-                    await s.execute(insert(OutboxEvent), outbox)
+                    await executemany(s, raw.outbox, outbox)
                     outbox.clear()
 
             for op in batch:
                 kind = type(op)
                 if kind is MeterSampleOp:
-                    meters.append(_fields(op))
+                    assert isinstance(op, MeterSampleOp)
+                    meters.append(op)
                 elif kind is GunStatusOp:
                     assert isinstance(op, GunStatusOp)
-                    row = _fields(op)
-                    del row["gun_id"]
-                    gun_events.append(row)
+                    gun_events.append(op)
                     key = (op.pile_id, op.connector_id)
                     prev = guns.get(key)
                     # One row per gun per statement (an upsert may not touch
@@ -435,19 +410,15 @@ class WriteBehind:
                         update(Pile).where(Pile.pile_id == op.pile_id).values(dict(op.values))
                     )
             await drain_outbox()
-            if meters:
-                await s.execute(insert_ignore_stmt(s, MeterValue), meters)
-            if gun_events:
-                await s.execute(insert(GunStatusEvent), gun_events)
-            if guns:
-                await s.execute(upsert_gun_stmt(s), list(guns.values()))
-            for pile_id, at in seen.items():
-                await s.execute(
-                    update(Pile)
-                    .where(Pile.pile_id == pile_id)
-                    .where((Pile.last_seen.is_(None)) | (Pile.last_seen < at))
-                    .values(last_seen=at)
-                )
+            # ORM objects added above (presence events, charger messages)
+            # go first, as an ORM statement's autoflush did before.
+            await s.flush()
+            await executemany(s, raw.meter_values, meters, attrs=True)
+            await executemany(s, raw.gun_status_events, gun_events, attrs=True)
+            await executemany(s, raw.gun_upsert, guns.values())
+            await executemany(
+                s, raw.last_seen, ({"seen_pile_id": p, "seen_at": at} for p, at in seen.items())
+            )
         for fut, error in failed:
             if not fut.done():
                 fut.set_exception(error)

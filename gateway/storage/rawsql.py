@@ -1,0 +1,214 @@
+"""Statements the write-behind queue runs as plain driver ``executemany``.
+
+The hot rows (meter samples, gun status events, current gun status, "last
+seen") are written in batches of thousands. Through SQLAlchemy's ORM bulk
+insert each row paid for parameter construction and bind processors in
+Python (a quarter of the gateway's CPU in the mixed-load profile,
+docs/benchmarks.md "Where the time goes"). Here each statement is compiled
+once per dialect by SQLAlchemy itself (same SQL, same ON CONFLICT clauses),
+and the rows go to the driver as tuples, with datetimes converted the way
+the ``UTCDateTime`` column type stores them:
+
+- SQLite: naive UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``, exactly what
+  SQLAlchemy's SQLite ``DATETIME`` writes (comparisons in SQL are text
+  comparisons, so the format must be identical; a test checks it);
+- PostgreSQL (asyncpg): the aware datetime itself, in UTC.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Gun, GunStatusEvent, MeterValue, OutboxEvent, Pile
+
+
+def sqlite_datetime(value: datetime | None) -> str | None:
+    """An aware datetime as SQLAlchemy's SQLite DATETIME stores it (naive UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def pg_datetime(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
+    return value
+
+
+class RawStatement:
+    """One compiled statement and how to turn rows into its parameters."""
+
+    __slots__ = ("_by_attr", "_by_key", "_convert", "_dt_index", "params", "sql")
+
+    def __init__(
+        self, sql: str, params: tuple[str, ...], dt_index: tuple[int, ...], convert: Any
+    ) -> None:
+        self.sql = sql
+        self.params = params  # parameter names in placeholder order (may repeat)
+        self._dt_index = dt_index  # positions of datetime parameters
+        self._convert = convert
+        self._by_attr = operator.attrgetter(*params)
+        self._by_key = operator.itemgetter(*params)
+
+    def rows(self, items: Iterable[Any], *, attrs: bool = False) -> list[tuple[Any, ...]]:
+        """Parameter tuples from dicts, or from objects (``attrs=True``)
+        whose attributes are named like the columns (the write ops)."""
+        get = self._by_attr if attrs else self._by_key
+        if len(self.params) == 1:
+            out: list[Any] = [(get(item),) for item in items]
+        else:
+            out = [get(item) for item in items]
+        if self._dt_index:
+            convert = self._convert
+            idx = self._dt_index
+            for n, row in enumerate(out):
+                values = list(row)
+                for i in idx:
+                    values[i] = convert(values[i])
+                out[n] = tuple(values)
+        return out
+
+
+def _compile(
+    stmt: Any, dialect: Dialect, columns: Sequence[str], datetimes: frozenset[str]
+) -> RawStatement:
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
+    params = tuple(compiled.positiontup or ())
+    missing = set(params) - set(columns)
+    if missing:  # a statement written here names a parameter it was not given
+        raise RuntimeError(f"unbound parameters {sorted(missing)} in {compiled.string}")
+    convert = sqlite_datetime if dialect.name == "sqlite" else pg_datetime
+    dt_index = tuple(i for i, p in enumerate(params) if p in datetimes)
+    return RawStatement(compiled.string, params, dt_index, convert)
+
+
+def dialect_insert(dialect: Dialect, model: type[Any]) -> Any:
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model)
+    if dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model)
+    raise RuntimeError(f"unsupported database dialect {dialect.name!r}")
+
+
+METER_COLUMNS = (
+    "pile_id",
+    "connector_id",
+    "transaction_key",
+    "at",
+    "measurand",
+    "phase",
+    "unit",
+    "context",
+    "location",
+    "format",
+    "value",
+    "value_num",
+    "received_at",
+)
+GUN_EVENT_COLUMNS = (
+    "pile_id",
+    "connector_id",
+    "status",
+    "error_code",
+    "info",
+    "vendor_id",
+    "vendor_error_code",
+    "at",
+    "received_at",
+)
+GUN_COLUMNS = (
+    "pile_id",
+    "connector_id",
+    "gun_id",
+    "status",
+    "error_code",
+    "info",
+    "vendor_error_code",
+    "status_at",
+)
+OUTBOX_COLUMNS = ("event_id", "node_id", "pile_id", "topic", "payload", "retain", "created_at")
+# Columns the upsert of a gun's current status replaces.
+GUN_UPDATE_COLUMNS = ("gun_id", "status", "error_code", "info", "vendor_error_code", "status_at")
+
+
+class RawStatements:
+    """The compiled statements of one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect_name = dialect.name
+        # Retransmitted samples are ignored by the unique key.
+        self.meter_values = _compile(
+            dialect_insert(dialect, MeterValue).on_conflict_do_nothing(),
+            dialect,
+            METER_COLUMNS,
+            frozenset({"at", "received_at"}),
+        )
+        self.gun_status_events = _compile(
+            insert(GunStatusEvent), dialect, GUN_EVENT_COLUMNS, frozenset({"at", "received_at"})
+        )
+        # Statuses may arrive late (replayed after an outage): only a newer
+        # status replaces the current one.
+        gun = dialect_insert(dialect, Gun)
+        self.gun_upsert = _compile(
+            gun.on_conflict_do_update(
+                index_elements=["pile_id", "connector_id"],
+                set_={k: gun.excluded[k] for k in GUN_UPDATE_COLUMNS},
+                where=Gun.status_at <= gun.excluded.status_at,
+            ),
+            dialect,
+            GUN_COLUMNS,
+            frozenset({"status_at"}),
+        )
+        self.outbox = _compile(
+            insert(OutboxEvent), dialect, OUTBOX_COLUMNS, frozenset({"created_at"})
+        )
+        # "Last seen" only moves forward.
+        self.last_seen = _compile(
+            update(Pile)
+            .where(Pile.pile_id == bindparam("seen_pile_id"))
+            .where((Pile.last_seen.is_(None)) | (Pile.last_seen < bindparam("seen_at")))
+            .values(last_seen=bindparam("seen_at")),
+            dialect,
+            # Not named like the columns: SQLAlchemy reserves those names
+            # for the SET clause of an UPDATE.
+            ("seen_pile_id", "seen_at"),
+            frozenset({"seen_at"}),
+        )
+
+
+_CACHE: dict[tuple[str, str, str], RawStatements] = {}
+
+
+def statements_for(session: AsyncSession) -> RawStatements:
+    dialect = session.get_bind().dialect
+    key = (dialect.name, dialect.driver, dialect.paramstyle)
+    found = _CACHE.get(key)
+    if found is None:
+        found = _CACHE[key] = RawStatements(dialect)
+    return found
+
+
+async def executemany(
+    session: AsyncSession, stmt: RawStatement, rows: Iterable[Any], *, attrs: bool = False
+) -> None:
+    """Run ``stmt`` once per row in the session's transaction (driver
+    executemany: one call for the whole list)."""
+    params = stmt.rows(rows, attrs=attrs)
+    if params:
+        conn = await session.connection()
+        await conn.exec_driver_sql(stmt.sql, params)

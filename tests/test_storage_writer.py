@@ -1,0 +1,163 @@
+"""The write-behind queue's driver-level batch writes (gateway/storage/rawsql.py):
+rows read back through the ORM exactly as written, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.dialects import sqlite
+
+import pileid
+from gateway.storage import db
+from gateway.storage.models import GunStatusEvent, MeterValue, OutboxEvent, Pile, UTCDateTime
+from gateway.storage.rawsql import sqlite_datetime
+from gateway.storage.repo import Store
+from gateway.storage.writer import GunStatusOp, MeterSampleOp, OutboxOp, WriteBehind
+
+T0 = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
+PILE = "44030800010000200005"
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    engine = db.create_engine(database_url)
+    await db.upgrade(engine)
+    s = Store(engine)
+    await s.register_pile(pileid.parse_pile_id(PILE), T0)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _sample(at: datetime, measurand: str, value: str, num: float | None) -> MeterSampleOp:
+    return MeterSampleOp(
+        pile_id=PILE,
+        connector_id=1,
+        transaction_key=7,
+        at=at,
+        measurand=measurand,
+        phase="L1" if measurand == "Current.Import" else "",
+        unit="A" if measurand == "Current.Import" else "Wh",
+        context="Sample.Periodic",
+        location="Outlet",
+        format="Raw" if num is not None else "SignedData",
+        value=value,
+        value_num=num,
+        received_at=at + timedelta(seconds=1),
+    )
+
+
+def _status(at: datetime, status: str, connector: int = 1) -> GunStatusOp:
+    return GunStatusOp(
+        pile_id=PILE,
+        connector_id=connector,
+        gun_id=f"{PILE}{connector:03d}",
+        status=status,
+        error_code="NoError",
+        info=None,
+        vendor_id="DLH",
+        vendor_error_code=None,
+        at=at,
+        received_at=at + timedelta(seconds=2),
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 4, 8, 0, tzinfo=UTC),  # no microseconds: still written
+        datetime(2026, 12, 4, 8, 0, 1, 5, tzinfo=UTC),
+        datetime(2026, 12, 4, 10, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
+        datetime(1999, 1, 2, 3, 4, 5, 999999, tzinfo=timezone(timedelta(hours=-5))),
+    ],
+)
+def test_sqlite_datetime_is_what_sqlalchemy_writes(value: datetime) -> None:
+    # The raw path must store the very text SQLAlchemy's SQLite DATETIME
+    # stores for UTCDateTime: SQL compares these columns as text.
+    # What the engine does for a UTCDateTime column on SQLite: the type's own
+    # bind step (naive UTC), then the dialect's DATETIME processor.
+    d = sqlite.dialect()
+    to_text = sqlite.DATETIME().bind_processor(d)
+    assert to_text is not None
+    assert sqlite_datetime(value) == to_text(UTCDateTime().process_bind_param(value, d))
+
+
+def test_sqlite_datetime_refuses_naive_times() -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        sqlite_datetime(datetime(2026, 1, 1))
+
+
+async def test_batch_rows_read_back_as_written(store: Store) -> None:
+    writer = WriteBehind(store.sessions)
+    late = T0 + timedelta(minutes=5)
+    await writer.put(
+        _sample(T0, "Energy.Active.Import.Register", "1234.5", 1234.5),
+        _sample(T0, "Current.Import", "16.2", 16.2),
+        _sample(T0, "Energy.Active.Import.Register", "00ab", None),
+        # A retransmission of the first sample, in the same batch: ignored.
+        _sample(T0, "Energy.Active.Import.Register", "1234.5", 1234.5),
+    )
+    await writer.put(_status(T0, "Preparing"), _status(late, "Charging"))
+    await writer.put(
+        OutboxOp(
+            node_id="n1",
+            pile_id=PILE,
+            rows=(("e-1", "pilegate/x", '{"a": 1}', True), ("e-2", "pilegate/y", "{}", False)),
+            created_at=T0,
+        )
+    )
+    writer.touch(PILE, late)
+    await writer.flush()
+    # A later batch: the same sample again (ignored), an older status that
+    # arrives late (history only, not the gun's current status), an older
+    # "last seen" (does not move it back).
+    await writer.put(
+        _sample(T0, "Current.Import", "16.2", 16.2), _status(T0 - timedelta(minutes=1), "Faulted")
+    )
+    writer.touch(PILE, T0)
+    await writer.flush()
+
+    async with store.sessions() as s:
+        meters = (await s.scalars(select(MeterValue).order_by(MeterValue.id))).all()
+        events = (await s.scalars(select(GunStatusEvent).order_by(GunStatusEvent.id))).all()
+        outbox = (await s.scalars(select(OutboxEvent).order_by(OutboxEvent.id))).all()
+        last_seen = await s.scalar(select(Pile.last_seen).where(Pile.pile_id == PILE))
+
+    # Two energy samples differ by format and value, but the unique key is
+    # (pile, connector, transaction, at, measurand, phase, location, context).
+    assert [(m.measurand, m.value, m.value_num, m.phase, m.unit) for m in meters] == [
+        ("Energy.Active.Import.Register", "1234.5", 1234.5, "", "Wh"),
+        ("Current.Import", "16.2", 16.2, "L1", "A"),
+    ]
+    assert all(m.at == T0 and m.received_at == T0 + timedelta(seconds=1) for m in meters)
+    assert all(m.transaction_key == 7 and m.context == "Sample.Periodic" for m in meters)
+    assert [(e.status, e.at, e.vendor_id, e.info) for e in events] == [
+        ("Preparing", T0, "DLH", None),
+        ("Charging", late, "DLH", None),
+        ("Faulted", T0 - timedelta(minutes=1), "DLH", None),
+    ]
+    guns = await store.guns(PILE)
+    assert [(g.connector_id, g.status) for g in guns] == [(1, "Charging")]
+    assert [(o.event_id, o.topic, o.payload, o.retain, o.created_at) for o in outbox] == [
+        ("e-1", "pilegate/x", '{"a": 1}', True, T0),
+        ("e-2", "pilegate/y", "{}", False, T0),
+    ]
+    assert last_seen == late
+
+
+async def test_large_batch_is_written_whole(store: Store) -> None:
+    writer = WriteBehind(store.sessions, batch_max=5_000)
+    ops = [
+        _sample(T0 + timedelta(seconds=i), "Energy.Active.Import.Register", str(i), float(i))
+        for i in range(12_000)
+    ]
+    for i in range(0, len(ops), 4):
+        await writer.put(*ops[i : i + 4])
+    await writer.flush()
+    async with store.sessions() as s:
+        values = (await s.scalars(select(MeterValue.value_num).order_by(MeterValue.at))).all()
+    assert values == [float(i) for i in range(12_000)]
