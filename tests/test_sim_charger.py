@@ -4,11 +4,12 @@ central system answers its CALLs, time is a number the test moves."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from protocol.ocpp import Call, CallError, CallResult, Validator, decode, encode_call, encode_result
@@ -753,6 +754,8 @@ EVENTS = st.lists(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EVENTS)
+# Found in CI: the stop (863 Wh) just under the last sample (863.3 Wh).
+@example(["plug", "card", "wait", "wait", "unplug", "plug", "card", "wait_long"])
 def test_transactions_arrive_whole_and_in_order(events: list[str]) -> None:
     cp = Charger(config(time_scale=60, meter_interval=60, call_timeout=5), now=T0)
     cp.set_local_list(1, "Full", {"CARD": "Accepted"})
@@ -813,8 +816,13 @@ def test_transactions_arrive_whole_and_in_order(events: list[str]) -> None:
             seen.setdefault(p["transactionId"], []).append((action, float(p["meterStop"])))
     for tid, items in seen.items():
         assert [a for a, _ in items].index("StopTransaction") == len(items) - 1, tid
-        values = [v for _, v in items]
-        assert values == sorted(values), tid
+        samples = [v for _, v in items[:-1]]
+        assert samples == sorted(samples), tid
+        # meterStop is whole Wh (OCPP 1.6 StopTransaction.req, integer), the
+        # samples carry 0.1 Wh: rounding may put the stop just under the
+        # last sample (863 after 863.3), never under its whole Wh.
+        if samples:
+            assert items[-1][1] >= math.floor(samples[-1]), tid
 
 
 def test_a_card_waiting_behind_an_unanswered_call_starts_offline_when_the_link_goes() -> None:
