@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
+from gateway.ocpp.connection import OcppConnection
 from tests.support.gateway import api_client, flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint, OcppError, now_iso
 
@@ -151,7 +152,18 @@ async def test_bounded_command_queue(database_url: str) -> None:
                 asyncio.create_task(api.post(f"/api/piles/{AC}/commands/ClearCache", json={}))
                 for _ in range(3)
             ]
-            await asyncio.sleep(0.3)  # one in flight, two waiting
+            # One in flight (at the charger), two waiting behind it: waited
+            # for, not slept on (a fixed sleep failed on a loaded CI machine).
+            assert gw.services is not None
+            conn = gw.services.registry.get(AC)
+            assert isinstance(conn, OcppConnection)
+            for _ in range(500):
+                gate = conn._gate
+                if len(cp.received_calls) == 1 and gate is not None and gate.waiting == 2:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the three commands never queued up")
             full = await api.post(f"/api/piles/{AC}/commands/ClearCache", json={})
             assert full.status_code == 429
             release.set()
