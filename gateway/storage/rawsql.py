@@ -72,10 +72,17 @@ class RawStatement:
         if self._dt_index:
             convert = self._convert
             idx = self._dt_index
+            # A batch shares few distinct times (every row of one flush has
+            # the same ``received_at``): convert each once.
+            memo: dict[datetime | None, Any] = {}
             for n, row in enumerate(out):
                 values = list(row)
                 for i in idx:
-                    values[i] = convert(values[i])
+                    v = values[i]
+                    c = memo.get(v)
+                    if c is None:
+                        c = memo[v] = convert(v)
+                    values[i] = c
                 out[n] = tuple(values)
         return out
 
