@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
         "asyncio",
         description="Event loop of `pilegate serve`: asyncio, uvloop (pip install "
-        "'pilegate[uvloop]': a sixth more mixed msgs/s on SQLite, the same on PostgreSQL, "
+        "'pilegate[uvloop]': about 4 % more mixed msgs/s on SQLite at a higher p99, "
         "see docs/benchmarks.md), or auto = uvloop when installed.",
     )
     shutdown_grace_seconds: float = Field(

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+import websockets.version
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
 from websockets.protocol import State
@@ -47,6 +48,14 @@ _conn_seq = itertools.count(1)
 
 
 _VALIDATORS: dict[str, Validator] = {}
+
+# OcppConnection._send writes replies itself, with the internals of
+# websockets' asyncio Connection as of 17.x (``send_in_progress``, ``paused``,
+# ``send_data``, ``drain``, ``set_connection_exc``; 14-16 name some of them
+# differently). With another version every reply goes through ``ws.send``.
+DIRECT_SEND = int(websockets.version.version.split(".")[0]) >= 17 and all(
+    hasattr(ServerConnection, name) for name in ("send_data", "drain", "set_connection_exc")
+)
 
 
 def shared_validator(version: str) -> Validator:
@@ -298,7 +307,8 @@ class OcppConnection:
         # (closing, a full write buffer, a send in progress) takes ``ws.send``.
         transport = ws.transport
         if (
-            ws.protocol.state is State.OPEN
+            DIRECT_SEND
+            and ws.protocol.state is State.OPEN
             and ws.send_in_progress is None
             and not ws.paused
             and not transport.is_closing()
