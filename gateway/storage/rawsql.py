@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Gun, GunStatusEvent, MeterValue, OutboxEvent, Pile
+from .models import Gun, GunStatusEvent, MeterValue, OutboxEvent, Pile, UTCDateTime
 
 
 def sqlite_datetime(value: datetime | None) -> str | None:
@@ -112,43 +112,16 @@ def dialect_insert(dialect: Dialect, model: type[Any]) -> Any:
     raise RuntimeError(f"unsupported database dialect {dialect.name!r}")
 
 
-METER_COLUMNS = (
-    "pile_id",
-    "connector_id",
-    "transaction_key",
-    "at",
-    "measurand",
-    "phase",
-    "unit",
-    "context",
-    "location",
-    "format",
-    "value",
-    "value_num",
-    "received_at",
-)
-GUN_EVENT_COLUMNS = (
-    "pile_id",
-    "connector_id",
-    "status",
-    "error_code",
-    "info",
-    "vendor_id",
-    "vendor_error_code",
-    "at",
-    "received_at",
-)
-GUN_COLUMNS = (
-    "pile_id",
-    "connector_id",
-    "gun_id",
-    "status",
-    "error_code",
-    "info",
-    "vendor_error_code",
-    "status_at",
-)
-OUTBOX_COLUMNS = ("event_id", "node_id", "pile_id", "topic", "payload", "retain", "created_at")
+def _columns(model: type[Any]) -> tuple[str, ...]:
+    """A table's columns but its surrogate key: what the batch rows carry
+    (derived from the model, so a new column cannot be left out here)."""
+    return tuple(c.key for c in model.__table__.columns if c.key != "id")
+
+
+def _datetimes(model: type[Any]) -> frozenset[str]:
+    return frozenset(c.key for c in model.__table__.columns if isinstance(c.type, UTCDateTime))
+
+
 # Columns the upsert of a gun's current status replaces.
 GUN_UPDATE_COLUMNS = ("gun_id", "status", "error_code", "info", "vendor_error_code", "status_at")
 
@@ -162,11 +135,11 @@ class RawStatements:
         self.meter_values = _compile(
             dialect_insert(dialect, MeterValue).on_conflict_do_nothing(),
             dialect,
-            METER_COLUMNS,
-            frozenset({"at", "received_at"}),
+            _columns(MeterValue),
+            _datetimes(MeterValue),
         )
         self.gun_status_events = _compile(
-            insert(GunStatusEvent), dialect, GUN_EVENT_COLUMNS, frozenset({"at", "received_at"})
+            insert(GunStatusEvent), dialect, _columns(GunStatusEvent), _datetimes(GunStatusEvent)
         )
         # Statuses may arrive late (replayed after an outage): only a newer
         # status replaces the current one.
@@ -178,11 +151,11 @@ class RawStatements:
                 where=Gun.status_at <= gun.excluded.status_at,
             ),
             dialect,
-            GUN_COLUMNS,
-            frozenset({"status_at"}),
+            _columns(Gun),
+            _datetimes(Gun),
         )
         self.outbox = _compile(
-            insert(OutboxEvent), dialect, OUTBOX_COLUMNS, frozenset({"created_at"})
+            insert(OutboxEvent), dialect, _columns(OutboxEvent), _datetimes(OutboxEvent)
         )
         # "Last seen" only moves forward.
         self.last_seen = _compile(
