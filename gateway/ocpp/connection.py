@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import time
 import uuid
+from collections import deque
 from datetime import datetime
 from typing import Any
 
@@ -40,10 +42,16 @@ from sessions.presence import OfflineReason
 from ..registry import CallGate, CommandError, CommandResult
 from ..services import Services
 from ..storage.writer import WriteOp
+from .handlers import FAST_HANDLERS, OcppHandlers
+from .wsconn import OcppServerConnection
 
 log = structlog.get_logger("pilegate.ocpp")
 
 PROTOCOL_NAMES = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+# Frames waiting for the receive task on the direct path: reading stops at
+# INBOX_HIGH and resumes at INBOX_LOW (websockets' own queue: 16 and 4).
+INBOX_HIGH = 16
+INBOX_LOW = 4
 _conn_seq = itertools.count(1)
 
 
@@ -95,8 +103,14 @@ class OcppConnection:
     """
 
     __slots__ = (
+        "_busy",
+        "_ctx",
         "_gate",
+        "_inbox",
         "_pending",
+        "_reading_paused",
+        "_recv_mode",
+        "_waiter",
         "bad_in_a_row",
         "boot_rejected",
         "conn_id",
@@ -148,36 +162,182 @@ class OcppConnection:
         self.boot_rejected = False
         self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._gate: CallGate | None = None  # made by the first command
-        from .handlers import OcppHandlers
-
+        # The direct receive path (run, _deliver): frames waiting for the
+        # receive task, made only while there are some; whether that task is
+        # handling one; its wake-up; the handler task's logging context.
+        self._inbox: deque[str] | None = None
+        self._busy = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._ctx: contextvars.Context | None = None
+        self._recv_mode = False
+        self._reading_paused = False
         self.handlers = OcppHandlers(self)
 
     # --- receive loop ----------------------------------------------------------
     async def run(self) -> None:
-        services = self.services
-        tracker = services.tracker
-        writer = services.writer
-        clock = services.clock
-        conn_id = self.conn_id
-        pile_id = self.pile_id
         ws = self.ws
+        if not (DIRECT_SEND and isinstance(ws, OcppServerConnection)):
+            await self._recv_loop()
+            return
+        # Frames that came before this task ran are in websockets' queue:
+        # handled first, in order, the usual way.
+        while len(ws.recv_messages.frames):
+            try:
+                raw = await ws.recv()
+            except ConnectionClosed:
+                return
+            await self._received(raw)
+        self._ctx = contextvars.copy_context()  # carries pile_id and conn_id
+        ws.connection_lost_waiter.add_done_callback(self._wake)
+        ws.sink = self._deliver
+        try:
+            await self._work()
+        finally:
+            ws.sink = None
+
+    async def _recv_loop(self) -> None:
         # ``recv()`` in a loop rather than ``async for``: the same frames and
         # the same end (a normal close ends the loop, an abnormal one raises
         # ConnectionClosedError, caught below), without an async generator
         # kept alive per idle connection.
-        recv = ws.recv
+        recv = self.ws.recv
         try:
             while True:
-                raw = await recv()
-                tracker.frame_received(conn_id, time.monotonic())
-                writer.touch(pile_id, clock())
-                if self.replaced:
-                    # A replaced connection's late frames must not change the
-                    # state of the pile's new connection.
-                    continue
-                await self._on_frame(raw)
+                await self._received(await recv())
         except ConnectionClosed:
             pass
+
+    async def _received(self, raw: str | bytes) -> None:
+        self.services.tracker.frame_received(self.conn_id, time.monotonic())
+        self.services.writer.touch(self.pile_id, self.services.clock())
+        if self.replaced:
+            # A replaced connection's late frames must not change the
+            # state of the pile's new connection.
+            return
+        await self._on_frame(raw)
+
+    def _deliver(self, raw: str | None) -> None:
+        """Called by OcppServerConnection inside ``data_received`` with each
+        complete text message, or None when the connection goes back to
+        websockets' own receive path. Must not raise."""
+        if raw is None:
+            self._recv_mode = True
+            self._wake()
+            return
+        services = self.services
+        services.tracker.frame_received(self.conn_id, time.monotonic())
+        services.writer.touch(self.pile_id, services.clock())
+        if self.replaced:
+            return  # as in _received
+        inbox = self._inbox
+        if inbox is None and not self._busy:
+            ctx = self._ctx
+            assert ctx is not None
+            try:
+                if ctx.run(self._fast, raw):
+                    return
+            except Exception:
+                # _fast acts only once nothing can fail; the frame is still
+                # handled, by the receive task.
+                ctx.run(log.exception, "direct path failed; frame handled by the receive task")
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(raw)
+        if len(inbox) >= INBOX_HIGH and not self._reading_paused:
+            # The receive task is behind (a durable write, a full queue, a
+            # slow charger's socket): stop reading, as websockets does when
+            # its own queue fills.
+            self._reading_paused = True
+            self.ws.transport.pause_reading()
+        self._wake()
+
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fast(self, raw: str) -> bool:
+        """Answer a Heartbeat, StatusNotification or MeterValues here and
+        now, when that needs no waiting: valid, accepted, the write queue
+        has room, the socket takes the reply. Returns False, having done
+        nothing, for everything else (the receive task then handles the
+        frame exactly as before)."""
+        ws = self.ws
+        if (
+            ws.protocol.state is not State.OPEN
+            or ws.send_in_progress is not None
+            or ws.paused
+            or ws.transport.is_closing()
+            or self.boot_rejected
+        ):
+            return False
+        try:
+            msg = decode(raw, version=self.version)  # type: ignore[arg-type]
+        except FrameError:
+            return False
+        if type(msg) is not Call:
+            return False
+        action = msg.action
+        fast = FAST_HANDLERS.get(action)
+        if fast is None:
+            return False
+        started = time.perf_counter()
+        try:
+            self.validator.validate_request(action, msg.payload)
+        except OcppError:
+            return False
+        reply = fast(self.handlers, msg.payload)
+        if reply is None:
+            return False
+        # From here on the frame is handled: as _on_call's success path.
+        metrics = self.services.metrics
+        metrics.ocpp_in(action)
+        self.bad_in_a_row = 0
+        ws.protocol.send_text(encode_result(msg.unique_id, reply).encode())
+        try:
+            ws.send_data()
+        except Exception as exc:  # as ws.send: the link is dead, end it
+            ws.set_connection_exc(exc)
+            ws.transport.abort()
+        metrics.handler_seconds(action, time.perf_counter() - started)
+        return True
+
+    async def _work(self) -> None:
+        """The receive task on the direct path: handles the frames _deliver
+        could not, in order, and ends when the connection is lost."""
+        ws = self.ws
+        lost = ws.connection_lost_waiter
+        loop = asyncio.get_running_loop()
+        while True:
+            inbox = self._inbox
+            while inbox:
+                raw = inbox.popleft()
+                if self._reading_paused and len(inbox) <= INBOX_LOW:
+                    self._reading_paused = False
+                    ws.transport.resume_reading()
+                if self.replaced:
+                    continue
+                self._busy = True
+                try:
+                    await self._on_frame(raw)
+                finally:
+                    self._busy = False
+            self._inbox = None  # no deque kept per idle charger
+            if self._reading_paused:
+                self._reading_paused = False
+                ws.transport.resume_reading()
+            if self._recv_mode:
+                # A fragmented, binary or non-UTF-8 message: websockets'
+                # own path from that frame on.
+                await self._recv_loop()
+                return
+            if lost.done():
+                return
+            waiter = self._waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     async def _on_frame(self, raw: str | bytes) -> None:
         try:

@@ -42,6 +42,7 @@ from ..storage.writer import (
     KindEvidenceOp,
     MeterSampleOp,
     PileUpdateOp,
+    WriteOp,
 )
 
 if TYPE_CHECKING:
@@ -193,10 +194,28 @@ class OcppHandlers:
         return {"status": status, "currentTime": iso(now), "interval": settings.heartbeat_interval}
 
     async def heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.fast_heartbeat(p)
+
+    def fast_heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
         # "last seen" was already recorded for this frame by the receive loop.
         return {"currentTime": iso(self.s.clock())}
 
     async def status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        op, events = self._status_ops(p)
+        self.s.observers.gun_status(self.conn.pile_id, op.connector_id, op.status)
+        await self.s.writer.put(op, *events)
+        return {}
+
+    def fast_status_notification(self, p: dict[str, Any]) -> dict[str, Any] | None:
+        """``status_notification`` without waiting: None (and nothing done)
+        when the write queue is full; the caller then takes the awaiting path."""
+        op, events = self._status_ops(p)
+        if not self.s.writer.try_put(op, *events):
+            return None
+        self.s.observers.gun_status(self.conn.pile_id, op.connector_id, op.status)
+        return {}
+
+    def _status_ops(self, p: dict[str, Any]) -> tuple[GunStatusOp, tuple[WriteOp, ...]]:
         connector = int(p["connectorId"])
         if connector > 999:
             raise OcppError(
@@ -218,9 +237,7 @@ class OcppHandlers:
             at=at,
             received_at=now,
         )
-        self.s.observers.gun_status(self.conn.pile_id, connector, op.status)
-        await self.s.writer.put(op, *self.s.events.gun_status_op(op, now))
-        return {}
+        return op, self.s.events.gun_status_op(op, now)
 
     async def _token(self, id_tag: str) -> TokenView | None:
         return token_view(await self.s.store.get_token(id_tag))
@@ -395,10 +412,7 @@ class OcppHandlers:
         return reply
 
     async def meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
-        now = self.s.clock()
-        connector = int(p["connectorId"])
-        tx_key = int(p.get("transactionId") or 0)
-        samples = self._samples(p["meterValue"], connector, tx_key, now)
+        connector, samples, events = self._meter_ops(p)
         if not self.conn.soc_flagged and self.conn.kind == "AC":
             dc_only = sorted({x.measurand for x in samples} & DC_ONLY_MEASURANDS)
             if dc_only:
@@ -406,11 +420,35 @@ class OcppHandlers:
                 await self._flag_kind(
                     {"source": "meter_values", "measurands": dc_only, "connector": connector}
                 )
+        await self.s.writer.put(*samples, *events)
+        return {}
+
+    def fast_meter_values(self, p: dict[str, Any]) -> dict[str, Any] | None:
+        """``meter_values`` without waiting: None (and nothing done) when the
+        write queue is full or an AC pile reports DC-only measurands for the
+        first time (the kind evidence is recorded on the awaiting path)."""
+        _, samples, events = self._meter_ops(p)
+        if (
+            not self.conn.soc_flagged
+            and self.conn.kind == "AC"
+            and not DC_ONLY_MEASURANDS.isdisjoint(x.measurand for x in samples)
+        ):
+            return None
+        if not self.s.writer.try_put(*samples, *events):
+            return None
+        return {}
+
+    def _meter_ops(
+        self, p: dict[str, Any]
+    ) -> tuple[int, list[MeterSampleOp], tuple[WriteOp, ...]]:
+        now = self.s.clock()
+        connector = int(p["connectorId"])
+        tx_key = int(p.get("transactionId") or 0)
+        samples = self._samples(p["meterValue"], connector, tx_key, now)
         events = self.s.events.meter_samples_op(
             self.conn.pile_id, now, connector, tx_key, samples
         )
-        await self.s.writer.put(*samples, *events)
-        return {}
+        return connector, samples, events
 
     async def _probe_kind(self) -> None:
         """Read the configured keys (GetConfiguration) whose values reveal AC
@@ -490,6 +528,15 @@ class OcppHandlers:
     async def diagnostics_status(self, p: dict[str, Any]) -> dict[str, Any]:
         return await self._status_message("DiagnosticsStatusNotification", p["status"])
 
+
+# The actions a connection may answer inside websockets' data_received
+# callback, without a task switch (OcppConnection._fast): synchronous
+# variants that return None, having done nothing, to decline.
+FAST_HANDLERS: dict[str, Callable[..., dict[str, Any] | None]] = {
+    "Heartbeat": OcppHandlers.fast_heartbeat,
+    "StatusNotification": OcppHandlers.fast_status_notification,
+    "MeterValues": OcppHandlers.fast_meter_values,
+}
 
 HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "BootNotification": OcppHandlers.boot_notification,

@@ -36,6 +36,7 @@ from ..services import Services
 if TYPE_CHECKING:
     from ..mqtt import MqttBridge
 from .connection import OcppConnection, new_conn_id, shared_validator
+from .wsconn import OcppServerConnection
 
 log = structlog.get_logger("pilegate.ocpp")
 
@@ -109,6 +110,9 @@ class OcppServer:
             s.ocpp_host,
             s.ocpp_port,
             process_request=self._process_request,
+            # Complete text messages go straight to the connection
+            # (gateway/ocpp/wsconn.py, OcppConnection._deliver).
+            create_connection=OcppServerConnection,
             # Our own selection: the handshake check above already refused
             # clients offering none we speak (unless ocpp_require_subprotocol
             # is off, in which case a client offering none is served as 1.6).
