@@ -194,3 +194,20 @@ async def test_full_write_queue_sends_hot_messages_the_waiting_way(
         async with gw.store.sessions() as s:
             assert await s.scalar(select(func.count()).select_from(MeterValue)) == 1
         await cp.close()
+
+
+async def test_direct_path_steps_aside_while_the_database_is_behind(
+    database_url: str, fast_count: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_gateway(database_url) as gw:
+        cp = await ChargePoint.connect(gw.ocpp_port, AC)
+        await cp.boot()
+        assert gw.writer is not None
+        with monkeypatch.context() as m:
+            m.setattr(type(gw.writer), "backlogged", property(lambda self: True))
+            assert "currentTime" in await cp.call("Heartbeat", {})
+            assert await cp.call("StatusNotification", status(1, "Available")) == {}
+            assert fast_count == []
+        assert "currentTime" in await cp.call("Heartbeat", {})
+        assert fast_count == ["Heartbeat"]
+        await cp.close()

@@ -161,3 +161,16 @@ async def test_large_batch_is_written_whole(store: Store) -> None:
     async with store.sessions() as s:
         values = (await s.scalars(select(MeterValue.value_num).order_by(MeterValue.at))).all()
     assert values == [float(i) for i in range(12_000)]
+
+
+async def test_backlogged_from_half_the_bound(store: Store) -> None:
+    writer = WriteBehind(store.sessions, max_items=8)
+    assert not writer.backlogged
+    assert writer.try_put(
+        *(_sample(T0 + timedelta(seconds=i), "Current.Import", "1", 1.0) for i in range(3))
+    )
+    assert not writer.backlogged
+    assert writer.try_put(_sample(T0 + timedelta(seconds=9), "Current.Import", "1", 1.0))
+    assert writer.backlogged
+    await writer.flush()
+    assert not writer.backlogged

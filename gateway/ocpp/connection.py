@@ -57,10 +57,13 @@ _conn_seq = itertools.count(1)
 
 _VALIDATORS: dict[str, Validator] = {}
 
-# OcppConnection._send writes replies itself, with the internals of
-# websockets' asyncio Connection as of 17.x (``send_in_progress``, ``paused``,
-# ``send_data``, ``drain``, ``set_connection_exc``; 14-16 name some of them
-# differently). With another version every reply goes through ``ws.send``.
+# OcppConnection writes replies itself (_send, _fast) and takes messages from
+# data_received (run, _deliver) with the internals of websockets' asyncio
+# Connection as of 17.x (``send_in_progress``, ``paused``, ``send_data``,
+# ``drain``, ``set_connection_exc``, ``recv_messages.frames``,
+# ``connection_lost_waiter``; 14-16 name some of them differently). With
+# another version every frame goes through ``ws.recv`` and every reply
+# through ``ws.send``.
 DIRECT_SEND = int(websockets.version.version.split(".")[0]) >= 17 and all(
     hasattr(ServerConnection, name) for name in ("send_data", "drain", "set_connection_exc")
 )
@@ -188,7 +191,7 @@ class OcppConnection:
                 return
             await self._received(raw)
         self._ctx = contextvars.copy_context()  # carries pile_id and conn_id
-        ws.connection_lost_waiter.add_done_callback(self._wake)
+        ws.connection_lost_waiter.add_done_callback(self._wake, context=self._ctx)
         ws.sink = self._deliver
         try:
             await self._work()
@@ -269,6 +272,7 @@ class OcppConnection:
             or ws.paused
             or ws.transport.is_closing()
             or self.boot_rejected
+            or self.services.writer.backlogged
         ):
             return False
         try:

@@ -211,6 +211,14 @@ class WriteBehind:
         if self._queued_ops >= self._batch_max or any(type(op) is DurableOp for op in ops):
             self._wakeup.set()
 
+    @property
+    def backlogged(self) -> bool:
+        """Half full or more: the database is behind. The connections' direct
+        path then steps aside (its frames take the receive task, which waits
+        for space), leaving the core to the flush instead of filling the
+        queue faster (docs/benchmarks.md, "Latest")."""
+        return self._queued_ops * 2 >= self._max_items
+
     def try_put(self, *ops: WriteOp) -> bool:
         """Enqueue without waiting, if the queue has room (else False and
         nothing enqueued: the caller falls back to ``put``, which waits).
