@@ -82,7 +82,9 @@ class Gateway:
     # --- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        engine = db.create_engine(s.database_url, echo=s.database_echo)
+        engine = db.create_engine(
+            s.database_url, echo=s.database_echo, sqlite_cache_mib=s.sqlite_cache_mib
+        )
         if s.database_migrate_on_start:
             rev = await db.upgrade(engine)
             log.info("database migrated", revision=rev, url=_safe_url(s.database_url))

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         True, description="Apply Alembic migrations at startup."
     )
     database_echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    sqlite_cache_mib: int = Field(
+        64,
+        ge=1,
+        le=65536,
+        description="SQLite page cache in MiB (PRAGMA cache_size); the meter tables' "
+        "indexes outgrow SQLite's default 2 MiB (docs/benchmarks.md). Not used with "
+        "PostgreSQL.",
+    )
 
     # --- ops HTTP API --------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the ops HTTP API listens on.")

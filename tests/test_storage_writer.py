@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 
 import pileid
+from gateway.config import ConfigError, load_settings
 from gateway.storage import db
 from gateway.storage.models import GunStatusEvent, MeterValue, OutboxEvent, Pile, UTCDateTime
 from gateway.storage.rawsql import sqlite_datetime
@@ -174,3 +176,21 @@ async def test_backlogged_from_half_the_bound(store: Store) -> None:
     assert writer.backlogged
     await writer.flush()
     assert not writer.backlogged
+
+
+async def test_sqlite_connections_get_the_cache_and_checkpoint_settings(tmp_path: Path) -> None:
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", sqlite_cache_mib=8)
+    try:
+        async with engine.connect() as conn:
+            got = [
+                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("cache_size", "wal_autocheckpoint", "journal_mode", "foreign_keys")
+            ]
+    finally:
+        await engine.dispose()
+    assert got == [-8 * 1024, db.SQLITE_WAL_AUTOCHECKPOINT, "wal", 1]
+
+
+def test_sqlite_cache_setting_is_checked() -> None:
+    with pytest.raises(ConfigError, match="sqlite_cache_mib"):
+        load_settings({"sqlite_cache_mib": 0})
