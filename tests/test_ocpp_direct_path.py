@@ -5,7 +5,9 @@ task in order, websockets' own path for what the direct path does not take."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,6 +22,18 @@ from tests.support.gateway import flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint, now_iso
 
 AC = "44200000010000100001"
+
+
+@contextlib.asynccontextmanager
+async def booted_charger(database_url: str) -> AsyncIterator[tuple[Gateway, ChargePoint]]:
+    """A gateway and one booted charger, closed at the end."""
+    async with running_gateway(database_url) as gw:
+        cp = await ChargePoint.connect(gw.ocpp_port, AC)
+        try:
+            await cp.boot()
+            yield gw, cp
+        finally:
+            await cp.close()
 
 
 def connection(gw: Gateway) -> OcppConnection:
@@ -70,9 +84,7 @@ async def replies(cp: ChargePoint, n: int) -> list[Any]:
 async def test_hot_messages_are_answered_directly_and_stored(
     database_url: str, fast_count: list[str]
 ) -> None:
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (gw, cp):
         conn = connection(gw)
         assert isinstance(conn.ws, OcppServerConnection) and conn.ws.sink is not None
         assert "currentTime" in await cp.call("Heartbeat", {})
@@ -91,7 +103,6 @@ async def test_hot_messages_are_answered_directly_and_stored(
         assert [(g.connector_id, g.status) for g in guns] == [(1, "Preparing")]
         async with gw.store.sessions() as s:
             assert await s.scalar(select(func.count()).select_from(MeterValue)) == 1
-        await cp.close()
 
 
 async def test_frames_behind_a_waiting_one_keep_their_order(
@@ -105,9 +116,7 @@ async def test_frames_behind_a_waiting_one_keep_their_order(
         return await original(self, p)
 
     monkeypatch.setitem(handlers_module.HANDLERS, "Authorize", held)
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (gw, cp):
         await replies(cp, 1)  # the boot's answer, also seen by next_raw
         conn = connection(gw)
         count = INBOX_HIGH + 24
@@ -131,15 +140,12 @@ async def test_frames_behind_a_waiting_one_keep_their_order(
         # Idle again: the next heartbeat takes the direct path.
         await cp.call("Heartbeat", {})
         assert fast_count == ["Heartbeat"]
-        await cp.close()
 
 
 async def test_fragmented_message_hands_the_connection_back_to_websockets(
     database_url: str, fast_count: list[str]
 ) -> None:
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (gw, cp):
         await replies(cp, 1)
         conn = connection(gw)
         text = json.dumps([2, "frag", "Heartbeat", {}])
@@ -149,28 +155,22 @@ async def test_fragmented_message_hands_the_connection_back_to_websockets(
         assert [m[:2] for m in got] == [[3, "frag"], [3, "next"]]
         assert conn.ws.sink is None and conn._recv_mode
         assert fast_count == []
-        await cp.close()
 
 
 async def test_binary_message_is_handled_by_websockets_path(
     database_url: str, fast_count: list[str]
 ) -> None:
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (_gw, cp):
         await replies(cp, 1)
         await cp.send_raw(json.dumps([2, "bin", "Heartbeat", {}]).encode())
         await cp.send_raw(json.dumps([2, "txt", "Heartbeat", {}]))
         got = await replies(cp, 2)
         assert [m[:2] for m in got] == [[3, "bin"], [3, "txt"]]
         assert fast_count == []
-        await cp.close()
 
 
 async def test_text_that_is_not_utf8_closes_with_1007(database_url: str) -> None:
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (_gw, cp):
         await cp.ws.send(b'[2,"x","Heartbeat",{"a":"\xff"}]', text=True)
         await cp.wait_closed()
         assert cp.ws.close_code == 1007
@@ -179,9 +179,7 @@ async def test_text_that_is_not_utf8_closes_with_1007(database_url: str) -> None
 async def test_full_write_queue_sends_hot_messages_the_waiting_way(
     database_url: str, fast_count: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (gw, cp):
         assert gw.writer is not None
         monkeypatch.setattr(gw.writer, "try_put", lambda *ops: False)
         assert await cp.call("StatusNotification", status(2, "Faulted")) == {}
@@ -193,15 +191,12 @@ async def test_full_write_queue_sends_hot_messages_the_waiting_way(
         assert [(g.connector_id, g.status) for g in await gw.store.guns(AC)] == [(2, "Faulted")]
         async with gw.store.sessions() as s:
             assert await s.scalar(select(func.count()).select_from(MeterValue)) == 1
-        await cp.close()
 
 
 async def test_direct_path_steps_aside_while_the_database_is_behind(
     database_url: str, fast_count: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(database_url) as gw:
-        cp = await ChargePoint.connect(gw.ocpp_port, AC)
-        await cp.boot()
+    async with booted_charger(database_url) as (gw, cp):
         assert gw.writer is not None
         with monkeypatch.context() as m:
             m.setattr(type(gw.writer), "backlogged", property(lambda self: True))
@@ -210,4 +205,3 @@ async def test_direct_path_steps_aside_while_the_database_is_behind(
             assert fast_count == []
         assert "currentTime" in await cp.call("Heartbeat", {})
         assert fast_count == ["Heartbeat"]
-        await cp.close()
