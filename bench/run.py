@@ -865,9 +865,7 @@ def scenario_storm(ctx: Ctx, target: str) -> dict[str, Any]:
         return r
     db = "postgresql" if target.startswith("pilegate-postgresql") else "sqlite"
     name = f"s2-{target}"
-    server = ctx.pilegate(
-        name, db, **PILEGATE_STORM_ENV, PILEGATE_EVENT_LOOP=event_loop_of(target)
-    )
+    server = ctx.pilegate(name, db, **PILEGATE_STORM_ENV, PILEGATE_EVENT_LOOP=event_loop_of(target))
     # 1: first connect of every pile (registers it), then stop the gateway
     with running(server):
         first = loadgen(

@@ -33,5 +33,6 @@ def build(services: Services, commands: CommandService) -> list[Extension]:
 
     extensions.append(FirmwareService(services, commands))
     from .cloudboard import CbpServer
+
     extensions.append(CbpServer(services, commands))
     return extensions

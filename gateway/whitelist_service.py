@@ -527,9 +527,7 @@ class WhitelistService:
             "managed": managed,
             # Content the sync has not taken up yet (the poller recomputes
             # within seconds, at once after a change on this node) is pending.
-            "status": (
-                state.status if state and state.desired_version == version else "pending"
-            )
+            "status": (state.status if state and state.desired_version == version else "pending")
             if managed
             else "unmanaged",
             "reason": state.reason if state else None,

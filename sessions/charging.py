@@ -75,9 +75,7 @@ def auth_method(token: TokenView | None, remote_started: bool) -> AuthMethod:
     return AuthMethod(token.type.value)
 
 
-def started_offline(
-    start_at: datetime, connected_at: datetime, tolerance: timedelta
-) -> bool:
+def started_offline(start_at: datetime, connected_at: datetime, tolerance: timedelta) -> bool:
     """A transaction whose start lies before the current connection (beyond
     the charger clock's tolerated skew) was started while the pile had no
     link to the gateway, i.e. authorized locally (offline)."""

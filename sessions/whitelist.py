@@ -1696,9 +1696,7 @@ class PileWhitelistSync:
         if (
             held is not None
             and held == desired
-            and (
-                self._transport is Transport.OCPP16 or self._held_version == self._desired_version
-            )
+            and (self._transport is Transport.OCPP16 or self._held_version == self._desired_version)
         ):
             # Same content under a new desired version: nothing to send, the
             # wire version stays (OCPP versions need not equal ours). A CBP/1

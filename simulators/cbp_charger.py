@@ -252,8 +252,11 @@ class CbpCharger(Charger):
         return len(self.unconfirmed_records())
 
     def unconfirmed_records(self) -> list[TransactionRecord]:
-        return [m for m in (_msg(o) for o in self.queue if o.action == "TransactionRecord")
-                if isinstance(m, TransactionRecord)]
+        return [
+            m
+            for m in (_msg(o) for o in self.queue if o.action == "TransactionRecord")
+            if isinstance(m, TransactionRecord)
+        ]
 
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
@@ -269,9 +272,7 @@ class CbpCharger(Charger):
             g["transaction_id"] = self.transaction_serial(g["gun"])
         return snap
 
-    def set_local_list(
-        self, version: int, update_type: str, entries: dict[str, str | None]
-    ) -> str:
+    def set_local_list(self, version: int, update_type: str, entries: dict[str, str | None]) -> str:
         """Install a whitelist directly (commissioning): tokens with status
         Accepted are card entries; a differential ``None`` removes one."""
         new = {} if update_type == "Full" else dict(self.whitelist)
@@ -342,8 +343,11 @@ class CbpCharger(Charger):
             pending = self.gun(gun).authorizing
             method = _METHOD[pending.method] if pending is not None else AuthMethod.CARD
             tag = str(msg.payload["idTag"])
-            msg = Outgoing("AuthRequest", {"message": AuthRequest(self.pile, gun, method, tag),
-                                           "idTag": tag}, gun=gun)
+            msg = Outgoing(
+                "AuthRequest",
+                {"message": AuthRequest(self.pile, gun, method, tag), "idTag": tag},
+                gun=gun,
+            )
         elif msg.action == "StartTransaction":
             return  # CBP/1 has no start message: the 0x13 with the SERIAL says it
         elif msg.action == "Skip":
@@ -487,8 +491,11 @@ class CbpCharger(Charger):
             stop_reason=_STOP.get(reason, StopReason.OTHER),
         )
         self.last_session_wh[g.number] = record.energy_wh
-        self.note(now, f"gun {g.number}: session {serial[-16:]} stopped ({reason}), "
-                       f"{record.energy_wh} Wh{', offline' if tx.offline else ''}")
+        self.note(
+            now,
+            f"gun {g.number}: session {serial[-16:]} stopped ({reason}), "
+            f"{record.energy_wh} Wh{', offline' if tx.offline else ''}",
+        )
         self._enqueue(Outgoing("TransactionRecord", {"message": record}, keep=True), now)
         self._set_status(g, "Finishing" if g.plugged else "Available", now)
 
@@ -531,8 +538,11 @@ class CbpCharger(Charger):
             return
         self.stats.calls_received += 1
         reply, after = self._answer(message, now)
-        self.note(now, f"{type(message).__name__} -> "
-                       f"{type(reply).__name__ if reply is not None else 'no reply'}")
+        self.note(
+            now,
+            f"{type(message).__name__} -> "
+            f"{type(reply).__name__ if reply is not None else 'no reply'}",
+        )
         if reply is not None:
             self._reply_frame(seq_bytes, reply)
         if after is not None:
@@ -565,8 +575,9 @@ class CbpCharger(Charger):
             self.login_reason = None
             self.next_idle_realtime = now + IDLE_REALTIME_SECONDS
             self.last_heartbeat = now
-            self._on_boot_answer({"status": "Accepted", "interval": m.heartbeat_interval},
-                                 None, now)
+            self._on_boot_answer(
+                {"status": "Accepted", "interval": m.heartbeat_interval}, None, now
+            )
             return
         self.login_refusals += 1
         self.login_reason = m.reason.name.lower()
@@ -587,9 +598,7 @@ class CbpCharger(Charger):
             self.note(now, f"record {m.serial[-16:]} rejected by the gateway: not re-sent")
 
     # --- the gateway's requests ----------------------------------------------------------
-    def _answer(
-        self, m: Message, now: float
-    ) -> tuple[Message | None, Callable[[], None] | None]:
+    def _answer(self, m: Message, now: float) -> tuple[Message | None, Callable[[], None] | None]:
         if isinstance(m, TimeSync):
             return TimeSyncReply(self.pile, local_time(now)), None
         if isinstance(m, ReadRealtime):
@@ -602,7 +611,9 @@ class CbpCharger(Charger):
             return self._remote_stop(m, now)
         if isinstance(m, WhitelistVersionQuery):
             return WhitelistVersionReply(
-                self.pile, self.whitelist_version, len(self.whitelist),
+                self.pile,
+                self.whitelist_version,
+                len(self.whitelist),
                 min(0xFFFF, self.config.local_auth_list_max),
             ), None
         if isinstance(m, WhitelistUpdate):
@@ -617,8 +628,11 @@ class CbpCharger(Charger):
         self, m: RemoteStart, now: float
     ) -> tuple[Message, Callable[[], None] | None]:
         def reply(reason: RemoteStartRejectReason) -> Message:
-            result = (RemoteStartResult.STARTED if reason == RemoteStartRejectReason.NONE
-                      else RemoteStartResult.REJECTED)
+            result = (
+                RemoteStartResult.STARTED
+                if reason == RemoteStartRejectReason.NONE
+                else RemoteStartResult.REJECTED
+            )
             return RemoteStartReply(self.pile, m.gun, result, reason)
 
         if not 1 <= m.gun <= len(self.guns):
@@ -639,12 +653,13 @@ class CbpCharger(Charger):
 
         return reply(RemoteStartRejectReason.NONE), start
 
-    def _remote_stop(
-        self, m: RemoteStop, now: float
-    ) -> tuple[Message, Callable[[], None] | None]:
+    def _remote_stop(self, m: RemoteStop, now: float) -> tuple[Message, Callable[[], None] | None]:
         def reply(reason: RemoteStopRejectReason) -> Message:
-            result = (RemoteStopResult.STOPPING if reason == RemoteStopRejectReason.NONE
-                      else RemoteStopResult.REJECTED)
+            result = (
+                RemoteStopResult.STOPPING
+                if reason == RemoteStopRejectReason.NONE
+                else RemoteStopResult.REJECTED
+            )
             return RemoteStopReply(self.pile, m.gun, result, reason)
 
         if not 1 <= m.gun <= len(self.guns) or self.gun(m.gun).tx is None:
@@ -726,9 +741,11 @@ class CbpCharger(Charger):
         if status == "InstallationFailed" and self._checksum_failed:
             code = FirmwareStatusCode.CHECKSUM_FAILED
         self._enqueue(
-            Outgoing("FirmwareStatus",
-                     {"message": FirmwareStatus(self.pile, task.task_id, code, progress)},
-                     keep=True),
+            Outgoing(
+                "FirmwareStatus",
+                {"message": FirmwareStatus(self.pile, task.task_id, code, progress)},
+                keep=True,
+            ),
             now,
         )
 
@@ -745,8 +762,10 @@ class CbpCharger(Charger):
         problem = super()._check_image(job)
         if problem is not None and "check" in self.config.firmware_faults:
             self._checksum_failed = True
-        if problem is None and task is not None and not (job.body or b"").startswith(
-            FIRMWARE_HEADER
+        if (
+            problem is None
+            and task is not None
+            and not (job.body or b"").startswith(FIRMWARE_HEADER)
         ):
             # An image without the simulator's header: the version 0x94 named
             # (the OCPP charger, which gets no version, guesses from the URL).

@@ -261,8 +261,9 @@ class Charger:
         rw = False
         ro = True
         return {
-            "AllowOfflineTxForUnknownId": ConfigKey(b(c.allow_offline_tx_for_unknown_id), rw,
-                                                    "bool"),
+            "AllowOfflineTxForUnknownId": ConfigKey(
+                b(c.allow_offline_tx_for_unknown_id), rw, "bool"
+            ),
             "AuthorizationCacheEnabled": ConfigKey("true", rw, "bool"),
             "AuthorizeRemoteTxRequests": ConfigKey(b(c.authorize_remote_tx_requests), rw, "bool"),
             "ClockAlignedDataInterval": ConfigKey("0", rw, "int"),
@@ -279,8 +280,9 @@ class Charger:
             "ResetRetries": ConfigKey("1", rw, "int"),
             "ConnectorPhaseRotation": ConfigKey("0.RST", rw, "csl"),
             "StopTransactionOnEVSideDisconnect": ConfigKey("true", rw, "bool"),
-            "StopTransactionOnInvalidId": ConfigKey(b(c.stop_transaction_on_invalid_id), rw,
-                                                    "bool"),
+            "StopTransactionOnInvalidId": ConfigKey(
+                b(c.stop_transaction_on_invalid_id), rw, "bool"
+            ),
             "StopTxnAlignedData": ConfigKey("", rw, "measurands"),
             "StopTxnSampledData": ConfigKey("", rw, "measurands"),
             "SupportedFeatureProfiles": ConfigKey(
@@ -518,8 +520,11 @@ class Charger:
         assert msg is not None
         self.stats.call_timeouts += 1
         self.stats.error(f"timeout:{msg.action}")
-        self.note(now, f"{msg.action} not answered within {self.config.call_timeout:g} s: "
-                       "link considered dead")
+        self.note(
+            now,
+            f"{msg.action} not answered within {self.config.call_timeout:g} s: "
+            "link considered dead",
+        )
         if msg.action == "BootNotification":
             self._boot_retry_later(now, 0)
         self.close_link(now, abort=True, reason="call timeout")
@@ -541,8 +546,9 @@ class Charger:
             self.note(now, f"bad frame from server: {exc.description}")
             if exc.message_type_id in (None, 2):
                 self._reply(
-                    encode_error(exc.unique_id or "-1", exc.error_code, exc.description,
-                                 exc.details)
+                    encode_error(
+                        exc.unique_id or "-1", exc.error_code, exc.description, exc.details
+                    )
                 )
             return
         if isinstance(msg, Call):
@@ -572,12 +578,14 @@ class Charger:
         if error is not None:
             self.stats.error(f"callerror:{error.error_code}")
             self.note(now, f"{msg.action} refused: {error.error_code} {error.error_description}")
-            if in_queue and msg.persistent and msg.attempts < self._int(
-                "TransactionMessageAttempts"
+            if (
+                in_queue
+                and msg.persistent
+                and msg.attempts < self._int("TransactionMessageAttempts")
             ):
-                self.queue_hold_until = now + self._int(
-                    "TransactionMessageRetryInterval"
-                ) * msg.attempts
+                self.queue_hold_until = (
+                    now + self._int("TransactionMessageRetryInterval") * msg.attempts
+                )
                 return
             if in_queue:
                 self.queue.popleft()
@@ -640,8 +648,12 @@ class Charger:
     def _status_message(self, connector: int, status: str, now: float) -> Outgoing:
         return Outgoing(
             "StatusNotification",
-            {"connectorId": connector, "errorCode": "NoError", "status": status,
-             "timestamp": iso(now)},
+            {
+                "connectorId": connector,
+                "errorCode": "NoError",
+                "status": status,
+                "timestamp": iso(now),
+            },
         )
 
     def _queue_all_statuses(self, now: float, *, front: bool) -> None:
@@ -758,9 +770,7 @@ class Charger:
                 self._stop(g, now, "PowerLoss")
         self._power_off(now, "power loss", off_seconds, clean=False)
 
-    def set_local_list(
-        self, version: int, update_type: str, entries: dict[str, str | None]
-    ) -> str:
+    def set_local_list(self, version: int, update_type: str, entries: dict[str, str | None]) -> str:
         """Install a local list directly (commissioning / a technician's tool)."""
         items: list[dict[str, Any]] = [
             {"idTag": tag, "idTagInfo": {"status": status}} if status else {"idTag": tag}
@@ -778,14 +788,17 @@ class Charger:
         return verdict
 
     def _decide_offline(self, g: Gun, pending: PendingAuth, now: float) -> None:
-        verdict = self._local_verdict(pending.id_tag, now) if self._flag(
-            "LocalAuthorizeOffline"
-        ) else None
-        if verdict == "Accepted" or (
-            verdict is None and self._flag("AllowOfflineTxForUnknownId")
-        ):
-            self.note(now, f"gun {g.number}: {pending.id_tag} authorized offline "
-                           f"({'local list' if verdict else 'unknown id allowed'})")
+        verdict = (
+            self._local_verdict(pending.id_tag, now)
+            if self._flag("LocalAuthorizeOffline")
+            else None
+        )
+        if verdict == "Accepted" or (verdict is None and self._flag("AllowOfflineTxForUnknownId")):
+            self.note(
+                now,
+                f"gun {g.number}: {pending.id_tag} authorized offline "
+                f"({'local list' if verdict else 'unknown id allowed'})",
+            )
             self._authorized(g, pending, now, offline=True)
         else:
             self.note(now, f"gun {g.number}: {pending.id_tag} refused offline ({verdict})")
@@ -838,13 +851,20 @@ class Charger:
         g.tx = tx
         g.authorized = None
         g.authorized_until = INF
-        self.note(now, f"gun {g.number}: transaction {tx.ref} started ({pending.method} "
-                       f"{pending.id_tag}{', offline' if tx.offline else ''})")
+        self.note(
+            now,
+            f"gun {g.number}: transaction {tx.ref} started ({pending.method} "
+            f"{pending.id_tag}{', offline' if tx.offline else ''})",
+        )
         self._enqueue(
             Outgoing(
                 "StartTransaction",
-                {"connectorId": g.number, "idTag": pending.id_tag,
-                 "meterStart": tx.meter_start, "timestamp": iso(now)},
+                {
+                    "connectorId": g.number,
+                    "idTag": pending.id_tag,
+                    "meterStart": tx.meter_start,
+                    "timestamp": iso(now),
+                },
                 tx_ref=tx.ref,
             ),
             now,
@@ -857,8 +877,10 @@ class Charger:
         self.tx_ids[msg.tx_ref] = int(payload["transactionId"])
         info = IdTagInfo.from_wire(payload["idTagInfo"])
         self.cache.remember(str(msg.payload["idTag"]), info)
-        self.note(now, f"transaction {msg.tx_ref} is {payload['transactionId']} on the server "
-                       f"({info.status})")
+        self.note(
+            now,
+            f"transaction {msg.tx_ref} is {payload['transactionId']} on the server ({info.status})",
+        )
         if info.status != "Accepted" and self._flag("StopTransactionOnInvalidId"):
             for g in self.guns:
                 if g.tx is not None and g.tx.ref == msg.tx_ref:
@@ -878,8 +900,11 @@ class Charger:
         if id_tag is not None:
             payload["idTag"] = id_tag
         g.tx = None
-        self.note(now, f"gun {g.number}: transaction {tx.ref} stopped ({reason}), "
-                       f"{g.meter_wh - tx.meter_start:.0f} Wh")
+        self.note(
+            now,
+            f"gun {g.number}: transaction {tx.ref} stopped ({reason}), "
+            f"{g.meter_wh - tx.meter_start:.0f} Wh",
+        )
         self._enqueue(Outgoing("StopTransaction", payload, tx_ref=tx.ref), now)
         self._set_status(g, "Finishing" if g.plugged else "Available", now)
 
@@ -897,8 +922,13 @@ class Charger:
             seconds = min(seconds, max(0.0, tx.stop_after - tx.charged))
         vehicle = g.vehicle or Vehicle()
         res = meter.advance(
-            self.kind, self.config.power_w, vehicle.capacity_kwh * 1000.0, g.meter_wh, g.soc,
-            seconds, tx.limit_wh,
+            self.kind,
+            self.config.power_w,
+            vehicle.capacity_kwh * 1000.0,
+            g.meter_wh,
+            g.soc,
+            seconds,
+            tx.limit_wh,
         )
         g.meter_wh = res.energy_wh
         g.soc = res.soc
@@ -922,8 +952,13 @@ class Charger:
         if recheck:
             horizon_end = tx.last_update + 3600.0 / self.scale
         look = meter.advance(
-            self.kind, self.config.power_w, vehicle.capacity_kwh * 1000.0, g.meter_wh, g.soc,
-            max(0.0, (horizon_end - tx.last_update) * self.scale), tx.limit_wh,
+            self.kind,
+            self.config.power_w,
+            vehicle.capacity_kwh * 1000.0,
+            g.meter_wh,
+            g.soc,
+            max(0.0, (horizon_end - tx.last_update) * self.scale),
+            tx.limit_wh,
         )
         tx.power_w = meter.power_at(self.kind, self.config.power_w, g.soc)
         if look.ended is not None:
@@ -990,8 +1025,10 @@ class Charger:
                 v["context"] = context
         return Outgoing(
             "MeterValues",
-            {"connectorId": g.number,
-             "meterValue": [{"timestamp": iso(at), "sampledValue": values}]},
+            {
+                "connectorId": g.number,
+                "meterValue": [{"timestamp": iso(at), "sampledValue": values}],
+            },
             tx_ref=g.tx.ref if g.tx is not None else None,
         )
 
@@ -1025,8 +1062,7 @@ class Charger:
         if job is not None and job.stage == "rebooting":
             if "reboot" in self.config.firmware_faults or job.new_version is None:
                 self.firmware_report = "InstallationFailed"
-                self.note(now, "new firmware did not start: back on "
-                               f"{self.firmware_version}")
+                self.note(now, f"new firmware did not start: back on {self.firmware_version}")
             else:
                 self.firmware_version = job.new_version
                 self.firmware_report = "Installed"
@@ -1120,7 +1156,7 @@ class Charger:
         if expected is not None and hashlib.sha256(body).hexdigest() != expected.lower():
             return "sha256 mismatch"
         if body.startswith(FIRMWARE_HEADER):
-            first = body.split(b"\n", 1)[0][len(FIRMWARE_HEADER):].strip()
+            first = body.split(b"\n", 1)[0][len(FIRMWARE_HEADER) :].strip()
             job.new_version = first.decode("ascii", "replace") or None
         else:
             job.new_version = PurePosixPath(urlsplit(job.url).path).stem or None
@@ -1159,7 +1195,8 @@ class Charger:
                 if action in _validator.actions():
                     raise OcppError(
                         ErrorCode.NotSupported,
-                        f"{action} is sent by a charge point, not to it", {"action": action},
+                        f"{action} is sent by a charge point, not to it",
+                        {"action": action},
                     )
                 raise OcppError(
                     ErrorCode.NotImplemented, f"unknown action {action!r}", {"action": action}
@@ -1168,14 +1205,14 @@ class Charger:
             handler = self._call_handlers.get(action)
             if handler is None:
                 raise OcppError(
-                    ErrorCode.NotSupported, f"{action} is not supported by this charger",
+                    ErrorCode.NotSupported,
+                    f"{action} is not supported by this charger",
                     {"action": action},
                 )
             reply = handler(self, call.payload, now, after)
         except OcppError as exc:
             self.note(now, f"refused {action}: {exc.error_code.value}")
-            self._reply(encode_error(call.unique_id, exc.error_code, exc.description,
-                                     exc.details))
+            self._reply(encode_error(call.unique_id, exc.error_code, exc.description, exc.details))
             return
         self.note(now, f"{action} {call.payload} -> {reply}")
         self._reply(encode_result(call.unique_id, reply))
@@ -1216,6 +1253,7 @@ class Charger:
         wanted = int(p["transactionId"])
         for g in self.guns:
             if g.tx is not None and self.tx_ids.get(g.tx.ref) == wanted:
+
                 def stop(gun: Gun = g) -> None:
                     if gun.tx is not None:
                         self._stop(gun, now, "Remote")
@@ -1438,10 +1476,12 @@ class Charger:
     ) -> dict[str, Any]:
         return {"status": "Rejected"}
 
-    _call_handlers: ClassVar[dict[
-        str,
-        Callable[[Charger, dict[str, Any], float, list[Callable[[], None]]], dict[str, Any]],
-    ]] = {
+    _call_handlers: ClassVar[
+        dict[
+            str,
+            Callable[[Charger, dict[str, Any], float, list[Callable[[], None]]], dict[str, Any]],
+        ]
+    ] = {
         "RemoteStartTransaction": _h_remote_start,
         "RemoteStopTransaction": _h_remote_stop,
         "Reset": _h_reset,

@@ -37,22 +37,36 @@ def register(sub: Any) -> None:
         description="Run scenario files against a running gateway and report pass/fail per "
         "expectation. Exit status 0 only when every expectation of every scenario passed.",
     )
-    run.add_argument("files", nargs="+", metavar="FILE",
-                     help="scenario YAML files ('shipped' = every scenario that comes with "
-                          "pilegate)")
-    run.add_argument("--gateway-url", default="ws://127.0.0.1:9000/ocpp",
-                     help="OCPP-J URL prefix; chargers connect to URL/{pileId} "
-                          "(default %(default)s)")
-    run.add_argument("--cbp-url", default="tcp://127.0.0.1:9010",
-                     help="the gateway's cloud-board (CBP/1) listener, for chargers that "
-                          "speak cbp1 (default %(default)s)")
-    run.add_argument("--protocol", choices=list(PROTOCOLS), default=None,
-                     help="make every charger of every scenario speak this protocol "
-                          "(default: as each scenario says; 'ocpp1.6' unless it says cbp1)")
-    run.add_argument("--api-url", default="http://127.0.0.1:8080",
-                     help="ops API base URL (default %(default)s)")
-    run.add_argument("--api-token", default=None,
-                     help="ops API bearer token (default: $PILEGATE_API_TOKEN)")
+    run.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="scenario YAML files ('shipped' = every scenario that comes with pilegate)",
+    )
+    run.add_argument(
+        "--gateway-url",
+        default="ws://127.0.0.1:9000/ocpp",
+        help="OCPP-J URL prefix; chargers connect to URL/{pileId} (default %(default)s)",
+    )
+    run.add_argument(
+        "--cbp-url",
+        default="tcp://127.0.0.1:9010",
+        help="the gateway's cloud-board (CBP/1) listener, for chargers that "
+        "speak cbp1 (default %(default)s)",
+    )
+    run.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default=None,
+        help="make every charger of every scenario speak this protocol "
+        "(default: as each scenario says; 'ocpp1.6' unless it says cbp1)",
+    )
+    run.add_argument(
+        "--api-url", default="http://127.0.0.1:8080", help="ops API base URL (default %(default)s)"
+    )
+    run.add_argument(
+        "--api-token", default=None, help="ops API bearer token (default: $PILEGATE_API_TOKEN)"
+    )
     run.add_argument("--junit", metavar="PATH", help="also write a JUnit XML report")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=cmd_run)
@@ -71,39 +85,84 @@ def register(sub: Any) -> None:
         "server, keep them busy for DURATION seconds (a share of them charging), print "
         "connects, messages per second, latency percentiles and errors, then stop.",
     )
-    load.add_argument("--url", required=True, help="OCPP-J URL prefix, e.g. "
-                      "ws://127.0.0.1:9000/ocpp (chargers connect to URL/{pileId})")
+    load.add_argument(
+        "--url",
+        required=True,
+        help="OCPP-J URL prefix, e.g. ws://127.0.0.1:9000/ocpp (chargers connect to URL/{pileId})",
+    )
     load.add_argument("--count", type=int, required=True, help="number of chargers")
-    load.add_argument("--ramp", type=float, default=50.0,
-                      help="chargers connected per second (default %(default)s)")
-    load.add_argument("--duration", type=float, required=True,
-                      help="seconds from the first connect until the run stops")
-    load.add_argument("--charging-share", type=float, default=0.2,
-                      help="share of chargers that charge, 0..1 (default %(default)s)")
+    load.add_argument(
+        "--ramp",
+        type=float,
+        default=50.0,
+        help="chargers connected per second (default %(default)s)",
+    )
+    load.add_argument(
+        "--duration",
+        type=float,
+        required=True,
+        help="seconds from the first connect until the run stops",
+    )
+    load.add_argument(
+        "--charging-share",
+        type=float,
+        default=0.2,
+        help="share of chargers that charge, 0..1 (default %(default)s)",
+    )
     load.add_argument("--kind", choices=["AC", "DC"], default="AC")
-    load.add_argument("--id-format", default=None,
-                      help="charger IDs from a format, e.g. 'CP{n:05d}' (default: valid "
-                           "20-digit pile IDs)")
-    load.add_argument("--first-serial", type=int, default=1,
-                      help="serial of the first generated pile ID (default %(default)s)")
-    load.add_argument("--operator", default="0099",
-                      help="operator code of generated pile IDs (default %(default)s)")
-    load.add_argument("--meter-interval", type=float, default=10.0,
-                      help="seconds between meter samples of a charging charger "
-                           "(default %(default)s)")
-    load.add_argument("--charge-seconds", type=float, default=60.0,
-                      help="length of each charge (default %(default)s)")
-    load.add_argument("--idle-seconds", type=float, default=20.0,
-                      help="pause between charges (default %(default)s)")
-    load.add_argument("--heartbeat-interval", type=float, default=None,
-                      help="override the heartbeat interval the server gives at boot")
-    load.add_argument("--password", default=None,
-                      help="HTTP Basic password of every charger (security profile 1)")
-    load.add_argument("--protocol", choices=["ocpp1.6", "cbp1"], default="ocpp1.6",
-                      help="protocol of the chargers (default %(default)s); cbp1: cloud-board "
-                           "chargers over TCP, --url tcp://HOST:PORT")
-    load.add_argument("--json", metavar="PATH", default=None,
-                      help="also write the final figures as JSON")
+    load.add_argument(
+        "--id-format",
+        default=None,
+        help="charger IDs from a format, e.g. 'CP{n:05d}' (default: valid 20-digit pile IDs)",
+    )
+    load.add_argument(
+        "--first-serial",
+        type=int,
+        default=1,
+        help="serial of the first generated pile ID (default %(default)s)",
+    )
+    load.add_argument(
+        "--operator",
+        default="0099",
+        help="operator code of generated pile IDs (default %(default)s)",
+    )
+    load.add_argument(
+        "--meter-interval",
+        type=float,
+        default=10.0,
+        help="seconds between meter samples of a charging charger (default %(default)s)",
+    )
+    load.add_argument(
+        "--charge-seconds",
+        type=float,
+        default=60.0,
+        help="length of each charge (default %(default)s)",
+    )
+    load.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=20.0,
+        help="pause between charges (default %(default)s)",
+    )
+    load.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=None,
+        help="override the heartbeat interval the server gives at boot",
+    )
+    load.add_argument(
+        "--password", default=None, help="HTTP Basic password of every charger (security profile 1)"
+    )
+    load.add_argument(
+        "--protocol",
+        choices=["ocpp1.6", "cbp1"],
+        default="ocpp1.6",
+        help="protocol of the chargers (default %(default)s); cbp1: cloud-board "
+        "chargers over TCP, --url tcp://HOST:PORT",
+    )
+    load.add_argument(
+        "--json", metavar="PATH", default=None, help="also write the final figures as JSON"
+    )
     load.set_defaults(func=cmd_load)
 
 
@@ -193,14 +252,17 @@ async def run_scenarios(
     for i, sc in enumerate(scenarios, 1):
         if sc.gateway.settings:
             settings = ", ".join(f"{k}={v}" for k, v in sc.gateway.settings.items())
-            print(f"note: {sc.name!r} expects the gateway configured with {settings}",
-                  file=err)
+            print(f"note: {sc.name!r} expects the gateway configured with {settings}", file=err)
         live.prefix = f"[{i}/{len(scenarios)}] "
         live.started = time.monotonic()
         try:
             runner = ScenarioRunner(
-                sc, gateway_url=gateway_url, api_url=api_url, api_token=api_token,
-                progress=live.update, cbp_url=cbp_url,
+                sc,
+                gateway_url=gateway_url,
+                api_url=api_url,
+                api_token=api_token,
+                progress=live.update,
+                cbp_url=cbp_url,
             )
         except ScenarioError as exc:
             print(f"pilegate sim: {exc}", file=err)
@@ -234,8 +296,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     token = args.api_token or os.environ.get("PILEGATE_API_TOKEN")
     return asyncio.run(
         run_scenarios(
-            scenarios, gateway_url=args.gateway_url, api_url=args.api_url, api_token=token,
-            cbp_url=args.cbp_url, junit=args.junit, progress=not args.quiet,
+            scenarios,
+            gateway_url=args.gateway_url,
+            api_url=args.api_url,
+            api_token=token,
+            cbp_url=args.cbp_url,
+            junit=args.junit,
+            progress=not args.quiet,
         )
     )
 
@@ -245,8 +312,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if scenarios is None:
         return 2
     for sc in scenarios:
-        print(f"ok  {sc.source}: {sc.name!r}, {len(sc.chargers)} charger(s), "
-              f"{len(sc.steps)} steps, {len(sc.expectations)} expectations")
+        print(
+            f"ok  {sc.source}: {sc.name!r}, {len(sc.chargers)} charger(s), "
+            f"{len(sc.steps)} steps, {len(sc.expectations)} expectations"
+        )
     return 0
 
 
@@ -267,12 +336,21 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     try:
         opts = LoadOptions(
-            url=args.url, count=args.count, ramp=args.ramp, duration=args.duration,
-            charging_share=args.charging_share, kind=args.kind, id_format=args.id_format,
-            first_serial=args.first_serial, operator=args.operator,
-            meter_interval=args.meter_interval, charge_seconds=args.charge_seconds,
-            idle_seconds=args.idle_seconds, heartbeat_interval=args.heartbeat_interval,
-            password=args.password, protocol=args.protocol,
+            url=args.url,
+            count=args.count,
+            ramp=args.ramp,
+            duration=args.duration,
+            charging_share=args.charging_share,
+            kind=args.kind,
+            id_format=args.id_format,
+            first_serial=args.first_serial,
+            operator=args.operator,
+            meter_interval=args.meter_interval,
+            charge_seconds=args.charge_seconds,
+            idle_seconds=args.idle_seconds,
+            heartbeat_interval=args.heartbeat_interval,
+            password=args.password,
+            protocol=args.protocol,
         )
         if opts.protocol == "cbp1":
             from .cbp_charger import parse_tcp_url

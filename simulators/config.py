@@ -25,8 +25,17 @@ from pileid import PileIdError
 
 Kind = Literal["AC", "DC"]
 StopReason = Literal[
-    "EmergencyStop", "EVDisconnected", "HardReset", "Local", "Other", "PowerLoss", "Reboot",
-    "Remote", "SoftReset", "UnlockCommand", "DeAuthorized",
+    "EmergencyStop",
+    "EVDisconnected",
+    "HardReset",
+    "Local",
+    "Other",
+    "PowerLoss",
+    "Reboot",
+    "Remote",
+    "SoftReset",
+    "UnlockCommand",
+    "DeAuthorized",
 ]
 
 #: Measurands the simulated meter can report (OCPP 1.6 §7.31 names).
@@ -38,7 +47,11 @@ MEASURANDS = (
     "SoC",
 )
 Measurand = Literal[
-    "Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage", "SoC",
+    "Energy.Active.Import.Register",
+    "Power.Active.Import",
+    "Current.Import",
+    "Voltage",
+    "SoC",
 ]
 FirmwareStage = Literal["download", "check", "install", "reboot"]
 
@@ -83,9 +96,7 @@ class ChargerConfig(_Frozen):
     protocol: Protocol = Field(
         "ocpp1.6", description="ocpp1.6 (OCPP-J over WebSocket) or cbp1 (cloud-board over TCP)"
     )
-    kind: Kind | None = Field(
-        None, description="AC or DC; derived from the pile ID when omitted"
-    )
+    kind: Kind | None = Field(None, description="AC or DC; derived from the pile ID when omitted")
     guns: Annotated[int, Field(ge=1, le=2)] = 1
     power_kw: Annotated[float | None, Field(gt=0)] = Field(
         None, description="per gun; AC 7 or 22, DC 60 to 120 (default 7 AC, 60 DC)"
@@ -96,16 +107,15 @@ class ChargerConfig(_Frozen):
     serial: Annotated[str | None, Field(max_length=25)] = None
     iccid: Annotated[str | None, Field(max_length=20)] = None
     touch_screen: bool = Field(False, description="has a screen: drivers may type a password")
-    password: str | None = Field(
-        None, description="HTTP Basic password (OCPP security profile 1)"
-    )
+    password: str | None = Field(None, description="HTTP Basic password (OCPP security profile 1)")
     meter_interval: Annotated[float, Field(gt=0)] = Field(
         60.0, description="MeterValueSampleInterval (charger seconds)"
     )
     measurands: tuple[Measurand, ...] = ("Energy.Active.Import.Register", "Power.Active.Import")
     meter_start_wh: Annotated[float, Field(ge=0)] = 0.0
     stop_after: Annotated[float | None, Field(gt=0)] = Field(
-        None, description="the charger stops a charge by itself after this many charger "
+        None,
+        description="the charger stops a charge by itself after this many charger "
         "seconds (the car is 'full' or a firmware limit)",
     )
     stop_after_reason: StopReason = "Local"
@@ -124,7 +134,8 @@ class ChargerConfig(_Frozen):
         False, description="send BootNotification on every reconnect, not only after a reboot"
     )
     call_timeout: Annotated[float, Field(gt=0)] = Field(
-        10.0, description="seconds to wait for the answer to a CALL; then the link is "
+        10.0,
+        description="seconds to wait for the answer to a CALL; then the link is "
         "considered dead (network time)",
     )
     reconnect_delay: Annotated[float, Field(ge=0)] = 1.0
@@ -148,8 +159,8 @@ class ChargerConfig(_Frozen):
     )
     unlock_fails: bool = False
     free_vend_id_tag: Annotated[str | None, Field(min_length=1, max_length=20)] = Field(
-        None, description="free vend: plugging in starts a charge with this idTag, "
-        "without authorization",
+        None,
+        description="free vend: plugging in starts a charge with this idTag, without authorization",
     )
     autopilot: Autopilot | None = None
     validate_outgoing: bool = Field(
@@ -180,13 +191,14 @@ class ChargerConfig(_Frozen):
                 f"a CBP/1 pile ID is up to 20 digits (sent as BCD, zero-padded), not "
                 f"{self.pile_id!r}"
             )
-        limits = (("model", self.model, 16), ("firmware_version", self.firmware_version, 24),
-                  ("password", self.password or "", 16))
+        limits = (
+            ("model", self.model, 16),
+            ("firmware_version", self.firmware_version, 24),
+            ("password", self.password or "", 16),
+        )
         for name, value, size in limits:
             if len(value) > size or not value.isascii():
-                raise ValueError(
-                    f"{name} {value!r}: CBP/1 carries at most {size} ASCII characters"
-                )
+                raise ValueError(f"{name} {value!r}: CBP/1 carries at most {size} ASCII characters")
         if self.iccid is not None and not (self.iccid.isdigit() and len(self.iccid) == 20):
             raise ValueError("iccid: CBP/1 carries a 20-digit ICCID (BCD10)")
 

@@ -310,14 +310,16 @@ class SimulatedCharger:
             self._failures += 1
             self._http_refusals += 1
             self.handshake_status = exc.response.status_code
-            self.handshake_body = exc.response.body.decode("utf-8", "replace") if (
-                exc.response.body
-            ) else ""
+            self.handshake_body = (
+                exc.response.body.decode("utf-8", "replace") if (exc.response.body) else ""
+            )
             self.connect_error = f"HTTP {exc.response.status_code}"
             stats.connect_failures += 1
             stats.error(f"handshake:{exc.response.status_code}")
-            self.model.note(time.time(), f"handshake refused: {exc.response.status_code} "
-                                         f"{self.handshake_body.strip()}")
+            self.model.note(
+                time.time(),
+                f"handshake refused: {exc.response.status_code} {self.handshake_body.strip()}",
+            )
             self._schedule_reconnect()
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
@@ -454,7 +456,11 @@ class SimulatedCharger:
         self.latency = max(0.0, seconds)
 
     async def flap(
-        self, times: int, down: float, up: float, mode: FaultMode = "abrupt",
+        self,
+        times: int,
+        down: float,
+        up: float,
+        mode: FaultMode = "abrupt",
         reconnect_timeout: float = 10.0,
     ) -> None:
         """``times`` cycles of: network down for ``down`` s, then up, and the
@@ -464,8 +470,9 @@ class SimulatedCharger:
             await asyncio.sleep(down)
             before = self.model.links
             self.restore()
-            await self.wait_until(partial(_more_links, self, before), reconnect_timeout,
-                                  "reconnection while flapping")
+            await self.wait_until(
+                partial(_more_links, self, before), reconnect_timeout, "reconnection while flapping"
+            )
             await asyncio.sleep(up)
 
     # --- what people do at the charger ------------------------------------------------
@@ -490,9 +497,7 @@ class SimulatedCharger:
     def power_cycle(self, off_seconds: float | None = None) -> None:
         self._act(self.model.power_cycle, off_seconds=off_seconds)
 
-    async def wait_until(
-        self, predicate: Callable[[], bool], timeout: float, what: str
-    ) -> None:
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if self._task is not None and self._task.done():

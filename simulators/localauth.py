@@ -32,8 +32,10 @@ class IdTagInfo:
 
     def verdict(self, now: float) -> str:
         """The status as it holds at ``now`` (epoch seconds)."""
-        if self.status == "Accepted" and self.expiry is not None and (
-            self.expiry.timestamp() <= now
+        if (
+            self.status == "Accepted"
+            and self.expiry is not None
+            and (self.expiry.timestamp() <= now)
         ):
             return "Expired"
         return self.status

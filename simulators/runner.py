@@ -83,9 +83,7 @@ class ScenarioResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks) and any(
-            c.kind == "expect" for c in self.checks
-        )
+        return all(c.passed for c in self.checks) and any(c.kind == "expect" for c in self.checks)
 
     @property
     def expectations(self) -> list[CheckResult]:
@@ -207,7 +205,9 @@ def curve_stats(points: list[tuple[float, float]]) -> dict[str, Any]:
         return out
     values = [v for _, v in points]
     out.update(
-        first_wh=values[0], last_wh=values[-1], energy_wh=values[-1] - values[0],
+        first_wh=values[0],
+        last_wh=values[-1],
+        energy_wh=values[-1] - values[0],
         monotonic=all(b >= a for a, b in itertools.pairwise(values)),
     )
     if n < 3:
@@ -293,8 +293,7 @@ class ScenarioRunner:
         for name, cfg in self.scenario.chargers.items():
             events = await self.api.get(f"/api/piles/{cfg.pile_id}/events", params={"limit": 1})
             self._event_base[name] = (
-                max((e["id"] for e in events.json()), default=0) if events.status_code == 200
-                else 0
+                max((e["id"] for e in events.json()), default=0) if events.status_code == 200 else 0
             )
             txs = await self.api.get(
                 "/api/transactions", params={"pile": cfg.pile_id, "limit": 1000}
@@ -309,9 +308,7 @@ class ScenarioRunner:
         return sorted((e for e in rows if e["id"] > base), key=lambda e: e["id"])
 
     async def _transactions(self, charger: str) -> list[dict[str, Any]]:
-        rows = await self._get_json(
-            "/api/transactions", pile=self.pile(charger), limit=1000
-        )
+        rows = await self._get_json("/api/transactions", pile=self.pile(charger), limit=1000)
         base = self._tx_base.get(charger, 0)
         out = sorted((t for t in rows if t["id"] > base), key=lambda t: t["id"])
         for t in out:
@@ -350,12 +347,17 @@ class ScenarioRunner:
                 try:
                     await self._baselines()
                     for tag, tok in sc.tokens.items():
-                        await self._put_token(tag, tok.type, tok.status, tok.expiry,
-                                              tok.parent_id_tag)
+                        await self._put_token(
+                            tag, tok.type, tok.status, tok.expiry, tok.parent_id_tag
+                        )
                 except (httpx.HTTPError, StepFailed) as exc:
                     result.checks.append(
-                        CheckResult("prepare: baselines and tokens via the ops API", False,
-                                    "step", detail=str(exc) or type(exc).__name__)
+                        CheckResult(
+                            "prepare: baselines and tokens via the ops API",
+                            False,
+                            "step",
+                            detail=str(exc) or type(exc).__name__,
+                        )
                     )
                     self._skip_rest(result, sc.steps)
                     return result
@@ -367,16 +369,25 @@ class ScenarioRunner:
                         continue
                     try:
                         await self._step(step)
-                    except (SimulatorError, StepFailed, TimeoutError, httpx.HTTPError,
-                            RuntimeError) as exc:
+                    except (
+                        SimulatorError,
+                        StepFailed,
+                        TimeoutError,
+                        httpx.HTTPError,
+                        RuntimeError,
+                    ) as exc:
                         detail = str(exc) or type(exc).__name__
                         trace = self._trace(step)
                         result.checks.append(
-                            CheckResult(f"step {step.index + 1}: {step.describe()}", False,
-                                        "step", time.monotonic() - t0,
-                                        detail + (f"\n{trace}" if trace else ""))
+                            CheckResult(
+                                f"step {step.index + 1}: {step.describe()}",
+                                False,
+                                "step",
+                                time.monotonic() - t0,
+                                detail + (f"\n{trace}" if trace else ""),
+                            )
                         )
-                        self._skip_rest(result, sc.steps[step.index + 1:])
+                        self._skip_rest(result, sc.steps[step.index + 1 :])
                         break
             finally:
                 await self._shutdown()
@@ -388,8 +399,13 @@ class ScenarioRunner:
         for s in steps:
             if isinstance(s.spec, Expect):
                 result.checks.append(
-                    CheckResult(s.describe(), False, "expect", detail="not run (a step failed)",
-                                skipped=True)
+                    CheckResult(
+                        s.describe(),
+                        False,
+                        "expect",
+                        detail="not run (a step failed)",
+                        skipped=True,
+                    )
                 )
 
     def _trace(self, step: Step) -> str:
@@ -406,13 +422,15 @@ class ScenarioRunner:
         )
 
     async def _shutdown(self) -> None:
-        await asyncio.gather(
-            *(d.close() for d in self.drivers.values()), return_exceptions=True
-        )
+        await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
 
     # --- steps ----------------------------------------------------------------------------
     async def _put_token(
-        self, tag: str, type_: str, status: str, expiry: str | None = None,
+        self,
+        tag: str,
+        type_: str,
+        status: str,
+        expiry: str | None = None,
         parent: str | None = None,
     ) -> None:
         body: dict[str, Any] = {"type": type_, "status": status}
@@ -456,7 +474,8 @@ class ScenarioRunner:
                 await d.wait_until(lambda: d.connected, s.timeout, "connection")
             elif s.until == "refused":
                 await d.wait_until(
-                    lambda: d.handshake_refusals > 0 or d.admitted, s.timeout,
+                    lambda: d.handshake_refusals > 0 or d.admitted,
+                    s.timeout,
                     "handshake answer" if not d.cbp else "login answer",
                 )
                 if d.admitted:
@@ -470,8 +489,7 @@ class ScenarioRunner:
             links = m.links
             d.restore()
             if s.until == "booted":
-                await d.wait_until(lambda: m.links > links and m.online, s.timeout,
-                                   "back online")
+                await d.wait_until(lambda: m.links > links and m.online, s.timeout, "back online")
             elif s.until == "connected":
                 await d.wait_until(lambda: m.links > links, s.timeout, "reconnection")
         elif isinstance(s, Flap):
@@ -482,13 +500,18 @@ class ScenarioRunner:
             links = m.links
             d.power_cycle(s.off_seconds)
             if s.until == "booted":
-                await d.wait_until(lambda: m.links > links and m.online, s.timeout,
-                                   "back online after the power cycle")
+                await d.wait_until(
+                    lambda: m.links > links and m.online,
+                    s.timeout,
+                    "back online after the power cycle",
+                )
         elif isinstance(s, StopCharger):
             await d.close()
         elif isinstance(s, Plug):
-            d.plug(s.gun, Vehicle(soc=s.soc, capacity_kwh=s.capacity_kwh, vin=s.vin,
-                                  full_after=s.full_after))
+            d.plug(
+                s.gun,
+                Vehicle(soc=s.soc, capacity_kwh=s.capacity_kwh, vin=s.vin, full_after=s.full_after),
+            )
         elif isinstance(s, Unplug):
             d.unplug(s.gun)
         elif isinstance(s, PresentCard):
@@ -507,14 +530,20 @@ class ScenarioRunner:
             password = s.password or d.config.password
             if not password:
                 raise StepFailed("no password given and the charger has none configured")
-            r = await self.api.put(f"/api/piles/{d.config.pile_id}/password",
-                                   json={"password": password})
+            r = await self.api.put(
+                f"/api/piles/{d.config.pile_id}/password", json={"password": password}
+            )
             if r.status_code != 204:
                 raise StepFailed(f"set password: HTTP {r.status_code} {r.text[:300]}")
         elif isinstance(s, RegisterPile):
-            r = await self.api.post("/api/piles", json={
-                "pile_id": d.config.pile_id, "vendor": s.vendor, "model": s.model,
-            })
+            r = await self.api.post(
+                "/api/piles",
+                json={
+                    "pile_id": d.config.pile_id,
+                    "vendor": s.vendor,
+                    "model": s.model,
+                },
+            )
             if r.status_code not in (201, 409):
                 raise StepFailed(f"register pile: HTTP {r.status_code} {r.text[:300]}")
         elif isinstance(s, RemoteStart):
@@ -526,8 +555,7 @@ class ScenarioRunner:
             _check_command(res, "RemoteStartTransaction", s.expect_status)
         elif isinstance(s, RemoteStop):
             tx_id = await self._transaction_id(d, s.charger, s.gun)
-            res = await self._command(s.charger, "RemoteStopTransaction",
-                                      {"transactionId": tx_id})
+            res = await self._command(s.charger, "RemoteStopTransaction", {"transactionId": tx_id})
             self._record(s.name, res)
             _check_command(res, "RemoteStopTransaction", s.expect_status)
         elif isinstance(s, Command):
@@ -549,10 +577,15 @@ class ScenarioRunner:
                     {"idTag": t, "idTagInfo": {"status": st}} if st else {"idTag": t}
                     for t, st in s.tokens.items()
                 ]
-                res = await self._command(s.charger, "SendLocalList", {
-                    "listVersion": s.version, "updateType": update,
-                    "localAuthorizationList": items,
-                })
+                res = await self._command(
+                    s.charger,
+                    "SendLocalList",
+                    {
+                        "listVersion": s.version,
+                        "updateType": update,
+                        "localAuthorizationList": items,
+                    },
+                )
                 _check_command(res, "SendLocalList", "Accepted")
         else:  # pragma: no cover - every step type is handled above
             raise StepFailed(f"step type {step.type} is not implemented")
@@ -563,18 +596,21 @@ class ScenarioRunner:
         SERIAL, which the ops API lists as the transaction's ``external_id``."""
         m = d.model
         if not isinstance(m, CbpCharger):
-            await d.wait_until(lambda: m.server_transaction_id(gun) is not None, 10,
-                               f"a transaction id for gun {gun}")
+            await d.wait_until(
+                lambda: m.server_transaction_id(gun) is not None,
+                10,
+                f"a transaction id for gun {gun}",
+            )
             tx_id = m.server_transaction_id(gun)
             assert tx_id is not None
             return tx_id
-        await d.wait_until(lambda: m.transaction_serial(gun) is not None, 10,
-                           f"a charge on gun {gun}")
+        await d.wait_until(
+            lambda: m.transaction_serial(gun) is not None, 10, f"a charge on gun {gun}"
+        )
         serial = m.transaction_serial(gun)
         deadline = time.monotonic() + 10
         while True:
-            for t in await self._get_json("/api/transactions", pile=self.pile(charger),
-                                          limit=1000):
+            for t in await self._get_json("/api/transactions", pile=self.pile(charger), limit=1000):
                 if t.get("external_id") == serial:
                     return int(t["id"])
             if time.monotonic() >= deadline:
@@ -602,12 +638,14 @@ class ScenarioRunner:
     async def _whitelist(self, s: Whitelist) -> None:
         created = await self._api_call("POST", "/api/whitelists", {"name": s.name})
         if created["http_status"] not in (201, 409):
-            raise StepFailed(f"create whitelist {s.name}: HTTP {created['http_status']}: "
-                             f"{_error_text(created)}")
+            raise StepFailed(
+                f"create whitelist {s.name}: HTTP {created['http_status']}: {_error_text(created)}"
+            )
         res = await self._api_call("PUT", f"/api/whitelists/{s.name}/tokens", {"add": s.tokens})
         if res["http_status"] != 200:
-            raise StepFailed(f"whitelist {s.name} tokens: HTTP {res['http_status']}: "
-                             f"{_error_text(res)}")
+            raise StepFailed(
+                f"whitelist {s.name} tokens: HTTP {res['http_status']}: {_error_text(res)}"
+            )
         piles = [self.pile(c) for c in s.chargers]
         res = await self._api_call(
             "PUT", f"/api/whitelists/{s.name}/assignments", [{"pile_ids": piles}]
@@ -638,9 +676,13 @@ class ScenarioRunner:
             while True:
                 ok, detail = await self._evaluate(e)
                 if not ok:
-                    return CheckResult(title, False, "expect", time.monotonic() - t0,
-                                       f"stopped holding after {time.monotonic() - t0:.1f} s: "
-                                       f"{detail}")
+                    return CheckResult(
+                        title,
+                        False,
+                        "expect",
+                        time.monotonic() - t0,
+                        f"stopped holding after {time.monotonic() - t0:.1f} s: {detail}",
+                    )
                 if time.monotonic() >= deadline:
                     return CheckResult(title, True, "expect", time.monotonic() - t0, detail)
                 await asyncio.sleep(POLL)
@@ -663,17 +705,18 @@ class ScenarioRunner:
     async def _evaluate_once(self, e: Expect) -> tuple[bool, str]:
         opts = e.options
         if e.kind == "pile":
-            return check_fields(
-                await self._get_json(f"/api/piles/{self.pile(e.target)}"), e.checks
-            )
+            return check_fields(await self._get_json(f"/api/piles/{self.pile(e.target)}"), e.checks)
         if e.kind == "event":
             events = await self._events(e.target)
             if opts.get("latest"):
                 events = events[-1:]
             hits = [ev for ev in events if check_fields(ev, e.checks)[0]]
-            shown = ", ".join(
-                f"{'online' if ev['online'] else 'offline'}:{ev['reason']}" for ev in events
-            ) or "none"
+            shown = (
+                ", ".join(
+                    f"{'online' if ev['online'] else 'offline'}:{ev['reason']}" for ev in events
+                )
+                or "none"
+            )
             if "count" in opts:
                 return match(len(hits), opts["count"]), (
                     f"{len(hits)} matching of {len(events)} events ({shown})"
@@ -843,8 +886,10 @@ def format_report(results: list[ScenarioResult]) -> str:
         exp = r.expectations
         passed = sum(1 for c in exp if c.passed)
         verdict = "PASS" if r.passed else "FAIL"
-        lines.append(f"{verdict}  {r.name}  ({r.source})  {passed}/{len(exp)} expectations, "
-                     f"{r.seconds:.1f} s")
+        lines.append(
+            f"{verdict}  {r.name}  ({r.source})  {passed}/{len(exp)} expectations, "
+            f"{r.seconds:.1f} s"
+        )
         for c in r.checks:
             mark = "ok  " if c.passed else "SKIP" if c.skipped else "FAIL"
             lines.append(f"  {mark}  {c.title}  [{c.seconds:.1f} s]")
@@ -863,19 +908,29 @@ def junit_xml(results: list[ScenarioResult]) -> str:
         failures = sum(1 for c in r.checks if not c.passed and not c.skipped)
         skipped = sum(1 for c in r.checks if c.skipped)
         suite = ET.SubElement(
-            suites, "testsuite", name=r.name, tests=str(len(r.checks)),
-            failures=str(failures), skipped=str(skipped), errors="0", time=f"{r.seconds:.3f}",
+            suites,
+            "testsuite",
+            name=r.name,
+            tests=str(len(r.checks)),
+            failures=str(failures),
+            skipped=str(skipped),
+            errors="0",
+            time=f"{r.seconds:.3f}",
         )
         for c in r.checks:
             case = ET.SubElement(
-                suite, "testcase", classname=r.source or r.name, name=c.title,
+                suite,
+                "testcase",
+                classname=r.source or r.name,
+                name=c.title,
                 time=f"{c.seconds:.3f}",
             )
             if c.skipped:
                 ET.SubElement(case, "skipped", message=c.detail)
             elif not c.passed:
-                fail = ET.SubElement(case, "failure", message=c.detail.splitlines()[0]
-                                     if c.detail else "failed")
+                fail = ET.SubElement(
+                    case, "failure", message=c.detail.splitlines()[0] if c.detail else "failed"
+                )
                 fail.text = c.detail
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")

@@ -157,7 +157,8 @@ class SetLocalList(ChargerStep):
     version: Annotated[int, Field(ge=1)]
     update: Literal["full", "differential"] = "full"
     tokens: dict[str, str | None] = Field(
-        default_factory=dict, description="idTag: Accepted | Blocked | Expired | Invalid "
+        default_factory=dict,
+        description="idTag: Accepted | Blocked | Expired | Invalid "
         "(null removes it in a differential update)",
     )
     via: Literal["charger", "gateway"] = "charger"
@@ -203,7 +204,14 @@ class Note(_Model):
 
 
 EXPECT_KINDS = (
-    "pile", "event", "transaction", "meter_values", "handshake", "charger", "metric", "command",
+    "pile",
+    "event",
+    "transaction",
+    "meter_values",
+    "handshake",
+    "charger",
+    "metric",
+    "command",
     "api",
 )
 
@@ -213,8 +221,15 @@ class Expect(_Model):
     and how long to wait for it."""
 
     kind: Literal[
-        "pile", "event", "transaction", "meter_values", "handshake", "charger", "metric",
-        "command", "api",
+        "pile",
+        "event",
+        "transaction",
+        "meter_values",
+        "handshake",
+        "charger",
+        "metric",
+        "command",
+        "api",
     ]
     target: str
     checks: dict[str, Any] = Field(default_factory=dict)
@@ -231,13 +246,15 @@ class Expect(_Model):
         v = self.variants.get(protocol)
         if not v:
             return self
-        return self.model_copy(update={
-            "checks": {**self.checks, **v.get("checks", {})},
-            "options": {**self.options, **v.get("options", {})},
-            "within": v.get("within", self.within),
-            "hold": v.get("hold", self.hold),
-            "variants": {},
-        })
+        return self.model_copy(
+            update={
+                "checks": {**self.checks, **v.get("checks", {})},
+                "options": {**self.options, **v.get("options", {})},
+                "within": v.get("within", self.within),
+                "hold": v.get("hold", self.hold),
+                "variants": {},
+            }
+        )
 
 
 _OPTIONS: dict[str, set[str]] = {
@@ -245,7 +262,13 @@ _OPTIONS: dict[str, set[str]] = {
     "event": {"count", "latest"},
     "transaction": {"index", "where", "count"},
     "meter_values": {
-        "index", "where", "format", "linear", "measurand", "samples", "monotonic",
+        "index",
+        "where",
+        "format",
+        "linear",
+        "measurand",
+        "samples",
+        "monotonic",
     },
     "handshake": {"status", "rule", "message_contains", "refused"},
     "charger": {"gun"},
@@ -367,7 +390,17 @@ def _describe_matcher(value: Any) -> str:
 
 
 _OPERATORS = {
-    ">=", "<=", ">", "<", "==", "!=", "approx", "tolerance", "contains", "in", "matches",
+    ">=",
+    "<=",
+    ">",
+    "<",
+    "==",
+    "!=",
+    "approx",
+    "tolerance",
+    "contains",
+    "in",
+    "matches",
     "exists",
 }
 
@@ -383,8 +416,9 @@ def _format_error(where: str, exc: ValidationError) -> str:
 
 def _parse_expect(raw: Any, where: str) -> Expect:
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{where}: an expectation is a mapping, e.g. "
-                            "{pile: ac1, online: false, within: 30}")
+        raise ScenarioError(
+            f"{where}: an expectation is a mapping, e.g. {{pile: ac1, online: false, within: 30}}"
+        )
     kinds = [k for k in raw if k in EXPECT_KINDS]
     if len(kinds) != 1:
         raise ScenarioError(
@@ -406,8 +440,9 @@ def _parse_expect(raw: Any, where: str) -> Expect:
                     "and options, e.g. {reason: heartbeat_timeout}"
                 )
             if set(value) & set(PROTOCOLS) or kind in value:
-                raise ScenarioError(f"{where}.{key}: a protocol variant cannot nest another "
-                                    "or name the subject")
+                raise ScenarioError(
+                    f"{where}.{key}: a protocol variant cannot nest another or name the subject"
+                )
             sub = _parse_expect({kind: raw[kind], **value}, f"{where}.{key}")
             variant: dict[str, Any] = {"checks": sub.checks, "options": sub.options}
             for timing in ("within", "hold"):
@@ -444,7 +479,7 @@ def _parse_step(raw: Any, index: int, chargers: dict[str, ChargerConfig]) -> Ste
             f"{where}: a step is a mapping with one key, the step type "
             f"({', '.join(STEP_TYPES)}), e.g. '- plug: {{charger: ac1, gun: 1}}'"
         )
-    (kind, value), = raw.items()
+    ((kind, value),) = raw.items()
     model = STEP_TYPES.get(kind)
     if model is None:
         raise ScenarioError(f"{where}: unknown step {kind!r}; steps: {', '.join(STEP_TYPES)}")
@@ -466,15 +501,16 @@ def _parse_step(raw: Any, index: int, chargers: dict[str, ChargerConfig]) -> Ste
         targets.extend(spec.chargers)
     if isinstance(spec, Expect) and spec.kind not in ("metric", "command", "api"):
         targets.append(spec.target)
-    text = spec.target if isinstance(spec, Expect) and spec.kind == "api" else (
-        f"{spec.path} {spec.body!r}" if isinstance(spec, Api) else ""
+    text = (
+        spec.target
+        if isinstance(spec, Expect) and spec.kind == "api"
+        else (f"{spec.path} {spec.body!r}" if isinstance(spec, Api) else "")
     )
     targets.extend(PILE_PLACEHOLDER.findall(text))
     for target in targets:
         if target not in chargers:
             raise ScenarioError(
-                f"{where}: no charger named {target!r} "
-                f"(chargers: {', '.join(chargers) or 'none'})"
+                f"{where}: no charger named {target!r} (chargers: {', '.join(chargers) or 'none'})"
             )
     return Step(type=kind, spec=spec, index=index)
 
@@ -497,8 +533,15 @@ def substitute(value: Any, pile_ids: dict[str, str]) -> Any:
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario is a mapping with name, chargers and steps")
-    unknown = set(data) - {"name", "description", "time_scale", "gateway", "tokens",
-                           "chargers", "steps"}
+    unknown = set(data) - {
+        "name",
+        "description",
+        "time_scale",
+        "gateway",
+        "tokens",
+        "chargers",
+        "steps",
+    }
     if unknown:
         raise ScenarioError(f"{source}: unknown top-level key(s) {sorted(unknown)}")
     for key in ("name", "chargers", "steps"):
@@ -554,8 +597,11 @@ def with_protocol(scenario: Scenario, protocol: Protocol | None) -> Scenario:
     for name, cfg in scenario.chargers.items():
         try:
             chargers[name] = ChargerConfig.model_validate(
-                {**cfg.model_dump(exclude_unset=True), "time_scale": cfg.time_scale,
-                 "protocol": protocol}
+                {
+                    **cfg.model_dump(exclude_unset=True),
+                    "time_scale": cfg.time_scale,
+                    "protocol": protocol,
+                }
             )
         except ValidationError as exc:
             raise ScenarioError(

@@ -295,9 +295,7 @@ async def test_fifty_piles_roll_out_in_waves_and_a_failing_wave_stops_the_task(
             await api.get(f"/api/firmware/tasks/{task['id']}", params={"limit": 20, "offset": 40})
         ).json()
         assert page["piles_total"] == 50 and page["counts"] == task["counts"]
-        assert [r["pile_id"] for r in page["piles"]] == [
-            r["pile_id"] for r in task["piles"][40:]
-        ]
+        assert [r["pile_id"] for r in page["piles"]] == [r["pile_id"] for r in task["piles"][40:]]
         pending = (
             await api.get(
                 f"/api/firmware/tasks/{task['id']}",

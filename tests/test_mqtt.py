@@ -119,9 +119,10 @@ async def test_event_stream_of_a_scripted_charge(database_url: str) -> None:
 
 async def test_broker_restart_loses_no_event(database_url: str) -> None:
     prefix = unique_prefix()
-    async with private_broker() as broker, running_gateway(
-        database_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix
-    ) as gw:
+    async with (
+        private_broker() as broker,
+        running_gateway(database_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix) as gw,
+    ):
         assert gw.bridge is not None
         await asyncio.wait_for(gw.bridge.connected.wait(), 10)
         broker.stop()
@@ -166,8 +167,9 @@ async def test_events_survive_a_gateway_restart(pg_url: str) -> None:
             broker.stop()
             await scripted_charge(gw.ocpp_port)
         await broker.start()
-        async with Collector(broker.url, f"{prefix}/#") as sub, running_gateway(
-            pg_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix
+        async with (
+            Collector(broker.url, f"{prefix}/#") as sub,
+            running_gateway(pg_url, mqtt_url=broker.url, mqtt_topic_prefix=prefix),
         ):
             await sub.wait_for(lambda c: len(c.events()) >= 7, timeout=30)
         assert [e.type for e in validated(sub.events())][-1] == "pile.disconnected"

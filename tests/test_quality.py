@@ -21,6 +21,12 @@ def test_ruff_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_ruff_format_clean() -> None:
+    # One formatting everywhere keeps diffs to what changed.
+    proc = _run("ruff", "format", "--check", *PACKAGES, "tests", "bench", "scripts")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_mypy_clean() -> None:
     proc = _run("mypy")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -70,9 +70,7 @@ def test_serve_starts_and_stops_gracefully(
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
     assert "ops API listening" in events and events[-1] == "gateway stopped"
-    assert [line["event_loop"] for line in lines if line["event"] == "event loop"] == [
-        loop_module
-    ]
+    assert [line["event_loop"] for line in lines if line["event"] == "event loop"] == [loop_module]
     assert (tmp_path / "gw.db").exists()
 
 

@@ -32,15 +32,31 @@ def test_tcp_urls_and_cli_checks(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_tcp_url("tcp://127.0.0.1:9010") == ("127.0.0.1", 9010)
     with pytest.raises(ValueError):
         parse_tcp_url("ws://127.0.0.1:9000/ocpp")
-    assert main(["sim", "load", "--protocol", "cbp1", "--url", "ws://127.0.0.1:1/ocpp",
-                 "--count", "1", "--duration", "1"]) == 2
+    assert (
+        main(
+            [
+                "sim",
+                "load",
+                "--protocol",
+                "cbp1",
+                "--url",
+                "ws://127.0.0.1:1/ocpp",
+                "--count",
+                "1",
+                "--duration",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "tcp://HOST:PORT" in capsys.readouterr().err
 
 
 async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
     async with running_gateway(database_url, cbp_heartbeat_interval=5) as gw:
-        cfg = ChargerConfig(pile_id=PILE, protocol="cbp1", power_kw=7.0, time_scale=60.0,
-                            meter_interval=15)
+        cfg = ChargerConfig(
+            pile_id=PILE, protocol="cbp1", power_kw=7.0, time_scale=60.0, meter_interval=15
+        )
         charger = SimulatedCharger(cfg, f"tcp://127.0.0.1:{gw.cbp_port}")
         model = charger.model
         assert isinstance(model, CbpCharger)
@@ -50,6 +66,7 @@ async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
             assert model.heartbeat_interval == 5
             await _poll(lambda: _true(any("TimeSync" in t for _, t in model.trace or ())))
             async with api_client(gw) as api:
+
                 async def pile() -> Any:
                     await flushed(gw)
                     r = await api.get(f"/api/piles/{PILE}")
@@ -77,8 +94,9 @@ async def test_a_simulated_charger_charges_remotely(database_url: str) -> None:
                     json={"payload": {"transactionId": tx["id"]}},
                 )
                 assert r.json()["response"] == {"status": "Accepted"}, r.text
-                await _poll(lambda: _true(bool(model.confirmed)
-                                          and not model.queued_transaction_messages()))
+                await _poll(
+                    lambda: _true(bool(model.confirmed) and not model.queued_transaction_messages())
+                )
 
                 async def stopped() -> Any:
                     await flushed(gw)
@@ -105,9 +123,17 @@ async def test_cbp_load_fifty_chargers_for_three_seconds(tmp_path: Path) -> None
     async with running_gateway(db, cbp_heartbeat_interval=5) as gw:
         lines: list[str] = []
         opts = LoadOptions(
-            url=f"tcp://127.0.0.1:{gw.cbp_port}", count=50, ramp=100, duration=3,
-            charging_share=0.5, meter_interval=0.5, charge_seconds=1.0, idle_seconds=0.3,
-            heartbeat_interval=1.0, report_every=1.0, protocol="cbp1",
+            url=f"tcp://127.0.0.1:{gw.cbp_port}",
+            count=50,
+            ramp=100,
+            duration=3,
+            charging_share=0.5,
+            meter_interval=0.5,
+            charge_seconds=1.0,
+            idle_seconds=0.3,
+            heartbeat_interval=1.0,
+            report_every=1.0,
+            protocol="cbp1",
         )
         report = await run_load(opts, lines.append)
         stats = report.stats

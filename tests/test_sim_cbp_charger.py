@@ -161,7 +161,7 @@ class Gateway:
             frames = self.frames()
             out.extend(frames)
             if answer:
-                rest = self.confirm_all(frames)[len(frames):]
+                rest = self.confirm_all(frames)[len(frames) :]
                 out.extend((b"", m) for m in rest)
             if self.now >= end:
                 return out
@@ -179,20 +179,27 @@ def charger(**kw: Any) -> CbpCharger:
 
 # --- login, heartbeat, presence ------------------------------------------------------------
 def test_login_carries_the_charger_and_heartbeats_follow_the_reply() -> None:
-    cp = charger(model="DLH-AC7-TS", touch_screen=True, firmware_version="DLH_XD32E_201110002",
-                 password="0123456789abcdef", guns=2)
+    cp = charger(
+        model="DLH-AC7-TS",
+        touch_screen=True,
+        firmware_version="DLH_XD32E_201110002",
+        password="0123456789abcdef",
+        guns=2,
+    )
     gw = Gateway(cp)
     login, *after = gw.connect(interval=7)
     assert isinstance(login, Login)
-    assert (login.pile, login.kind, login.gun_count, login.protocol_version) == (
-        AC, Kind.AC, 2, 10
-    )
+    assert (login.pile, login.kind, login.gun_count, login.protocol_version) == (AC, Kind.AC, 2, 10)
     assert (login.model, login.firmware_version, login.display, login.auth_key) == (
-        "DLH-AC7-TS", "DLH_XD32E_201110002", Display.TOUCH_SCREEN, "0123456789abcdef"
+        "DLH-AC7-TS",
+        "DLH_XD32E_201110002",
+        Display.TOUCH_SCREEN,
+        "0123456789abcdef",
     )
     # Both guns report their status (0x13) once logged in; no pile-level status.
     assert [(m.gun, m.status) for m in after if isinstance(m, RealtimeData)] == [
-        (1, GunStatus.AVAILABLE), (2, GunStatus.AVAILABLE)
+        (1, GunStatus.AVAILABLE),
+        (2, GunStatus.AVAILABLE),
     ]
     assert cp.online and cp.heartbeat_interval == 7
     beats = [m for _, m in gw.advance(6.9) if isinstance(m, Heartbeat)]
@@ -238,12 +245,12 @@ def test_every_new_connection_starts_with_a_login() -> None:
 def test_the_gateway_requests_are_answered_echoing_their_seq() -> None:
     cp = charger()
     gw = online(cp)
-    (seq, reply), = gw.request(TimeSync(AC, local_time(gw.now)))
+    ((seq, reply),) = gw.request(TimeSync(AC, local_time(gw.now)))
     assert isinstance(reply, TimeSyncReply) and seq == (100).to_bytes(2, "little")
-    (seq, data), = gw.request(ReadRealtime(AC, 1))
+    ((seq, data),) = gw.request(ReadRealtime(AC, 1))
     assert isinstance(data, RealtimeData) and seq == (101).to_bytes(2, "little")
     assert (data.status, data.serial, data.soc) == (GunStatus.AVAILABLE, None, None)
-    (_, version), = gw.request(WhitelistVersionQuery(AC))
+    ((_, version),) = gw.request(WhitelistVersionQuery(AC))
     assert isinstance(version, WhitelistVersionReply)
     assert (version.version, version.entry_count, version.capacity) == (0, 0, 1000)
     # Garbage and bad frames from the gateway are counted, never fatal.
@@ -256,11 +263,9 @@ def test_a_card_session_online_from_0x31_to_the_confirmed_record() -> None:
     cp = charger(meter_interval=60, power_kw=7, time_scale=60)
     gw = online(cp)
     cp.plug(1, gw.now)
-    assert [m.status for m in gw.messages() if isinstance(m, RealtimeData)] == [
-        GunStatus.PREPARING
-    ]
+    assert [m.status for m in gw.messages() if isinstance(m, RealtimeData)] == [GunStatus.PREPARING]
     cp.present(1, "CARD-0001", "card", gw.now)
-    (seq, auth), = gw.frames()
+    ((seq, auth),) = gw.frames()
     assert isinstance(auth, AuthRequest)
     assert (auth.gun, auth.method, auth.token) == (1, AuthMethod.CARD, "CARD-0001")
     serial = make_serial(AC, 1, local_time(gw.now), 7)
@@ -278,7 +283,10 @@ def test_a_card_session_online_from_0x31_to_the_confirmed_record() -> None:
     frames = gw.frames()
     record = next(m for _, m in frames if isinstance(m, TransactionRecord))
     assert (record.serial, record.auth_method, record.offline, record.stop_reason) == (
-        serial, AuthMethod.CARD, False, StopReason.LOCAL
+        serial,
+        AuthMethod.CARD,
+        False,
+        StopReason.LOCAL,
     )
     assert record.energy_wh == record.meter_stop_wh - record.meter_start_wh > 0
     finishing = [m for _, m in frames if isinstance(m, RealtimeData)]
@@ -294,14 +302,14 @@ def test_a_refused_card_does_not_charge() -> None:
     cp.plug(1, gw.now)
     gw.frames()
     cp.present(1, "LOST-CARD", "card", gw.now)
-    (seq, _), = gw.frames()
+    ((seq, _),) = gw.frames()
     gw.answer(seq, AuthResult(AC, 1, "LOST-CARD", AuthStatus.BLOCKED, None))
     assert cp.gun(1).tx is None and cp.assigned == {}
 
 
 def whitelist_parts(version: int, tokens: list[str]) -> list[WhitelistUpdate]:
     entries = [WhitelistEntry(WhitelistAction.ADD, AuthMethod.CARD, t) for t in tokens]
-    chunks = [entries[i:i + 10] for i in range(0, len(entries), 10)] or [[]]
+    chunks = [entries[i : i + 10] for i in range(0, len(entries), 10)] or [[]]
     return [
         WhitelistUpdate(AC, version, 0, WhitelistMode.FULL, i, i == len(chunks) - 1, tuple(c))
         for i, c in enumerate(chunks)
@@ -313,15 +321,15 @@ def test_whitelist_parts_apply_atomically_and_authorize_offline() -> None:
     gw = online(cp)
     tokens = [f"CARD-{n:04d}" for n in range(12)]
     first, last = whitelist_parts(3, tokens)
-    (_, r1), = gw.request(first)
+    ((_, r1),) = gw.request(first)
     assert isinstance(r1, WhitelistUpdateReply) and r1.result == WhitelistUpdateResult.ACCEPTED
     assert cp.whitelist_version == 0 and cp.whitelist == {}  # not before the last part
-    (_, r2), = gw.request(last)
+    ((_, r2),) = gw.request(last)
     assert isinstance(r2, WhitelistUpdateReply) and r2.result == WhitelistUpdateResult.ACCEPTED
     assert cp.whitelist_version == 3 and len(cp.whitelist) == 12
     # A differential on another base version is refused; capacity is enforced.
     diff = WhitelistUpdate(AC, 5, 2, WhitelistMode.DIFFERENTIAL, 0, True, ())
-    (_, r3), = gw.request(diff)
+    ((_, r3),) = gw.request(diff)
     assert isinstance(r3, WhitelistUpdateReply)
     assert r3.result == WhitelistUpdateResult.VERSION_MISMATCH
 
@@ -342,17 +350,24 @@ def test_whitelist_parts_apply_atomically_and_authorize_offline() -> None:
     msgs = gw.connect()
     record = next(m for m in msgs if isinstance(m, TransactionRecord))
     assert (record.serial, record.offline, record.auth_method, record.token) == (
-        serial, True, AuthMethod.CARD, "CARD-0007"
+        serial,
+        True,
+        AuthMethod.CARD,
+        "CARD-0007",
     )
     cp.disconnected(gw.now)  # lost before the 0x40: kept
     gw.now += 1
     frames = []
     gw.decoder = CbpDecoder()
     cp.connected(gw.now)
-    (seq, _), = gw.frames()
-    cp.receive(encode_reply_message(seq, LoginReply(AC, LoginResult.ACCEPTED,
-                                                    LoginRejectReason.NONE, 10,
-                                                    local_time(gw.now))), gw.now)
+    ((seq, _),) = gw.frames()
+    cp.receive(
+        encode_reply_message(
+            seq,
+            LoginReply(AC, LoginResult.ACCEPTED, LoginRejectReason.NONE, 10, local_time(gw.now)),
+        ),
+        gw.now,
+    )
     frames = gw.frames()
     assert [m.serial for _, m in frames if isinstance(m, TransactionRecord)] == [serial]
     gw.confirm_all(frames)
@@ -363,10 +378,10 @@ def test_remote_start_and_stop() -> None:
     cp = charger(meter_interval=60, time_scale=60)
     gw = online(cp)
     serial = make_serial(AC, 1, local_time(gw.now), 1)
-    (_, reply), = gw.request(RemoteStart(AC, 1, serial, "APP-USER", 0))
+    ((_, reply),) = gw.request(RemoteStart(AC, 1, serial, "APP-USER", 0))
     assert isinstance(reply, RemoteStartReply)
     assert reply.reason == RemoteStartRejectReason.NOT_PLUGGED_IN
-    (_, reply), = gw.request(RemoteStart(AC, 3, serial, "APP-USER", 0))
+    ((_, reply),) = gw.request(RemoteStart(AC, 3, serial, "APP-USER", 0))
     assert isinstance(reply, RemoteStartReply)
     assert reply.reason == RemoteStartRejectReason.UNKNOWN_GUN
     cp.plug(1, gw.now)
@@ -377,10 +392,10 @@ def test_remote_start_and_stop() -> None:
     assert [(m.status, m.serial) for _, m in frames if isinstance(m, RealtimeData)] == [
         (GunStatus.CHARGING, serial)
     ]
-    (_, busy), = gw.request(RemoteStart(AC, 1, serial, "APP-USER", 0))
+    ((_, busy),) = gw.request(RemoteStart(AC, 1, serial, "APP-USER", 0))
     assert isinstance(busy, RemoteStartReply) and busy.reason == RemoteStartRejectReason.GUN_BUSY
     other = make_serial(AC, 1, local_time(gw.now), 2)
-    (_, stop), = gw.request(RemoteStop(AC, 1, other))
+    ((_, stop),) = gw.request(RemoteStop(AC, 1, other))
     assert isinstance(stop, RemoteStopReply)
     assert stop.reason == RemoteStopRejectReason.UNKNOWN_SERIAL
     gw.advance(1)
@@ -388,7 +403,10 @@ def test_remote_start_and_stop() -> None:
     assert isinstance(frames[0][1], RemoteStopReply)
     record = next(m for _, m in frames if isinstance(m, TransactionRecord))
     assert (record.serial, record.auth_method, record.stop_reason, record.token) == (
-        serial, AuthMethod.REMOTE, StopReason.REMOTE, "APP-USER"
+        serial,
+        AuthMethod.REMOTE,
+        StopReason.REMOTE,
+        "APP-USER",
     )
 
 
@@ -412,10 +430,14 @@ def test_a_dc_charger_reports_the_soc_and_a_vin() -> None:
     cp.plug(1, gw.now, Vehicle(soc=40, vin="LSVAU2180N2183294"))
     gw.frames()
     cp.present(1, "LSVAU2180N2183294", "vin", gw.now)
-    (seq, auth), = gw.frames()
+    ((seq, auth),) = gw.frames()
     assert isinstance(auth, AuthRequest) and auth.method == AuthMethod.VIN
-    gw.answer(seq, AuthResult(DC, 1, auth.token, AuthStatus.ACCEPTED,
-                              make_serial(DC, 1, local_time(gw.now), 1)))
+    gw.answer(
+        seq,
+        AuthResult(
+            DC, 1, auth.token, AuthStatus.ACCEPTED, make_serial(DC, 1, local_time(gw.now), 1)
+        ),
+    )
     samples = [m for _, m in gw.advance(2.1) if isinstance(m, RealtimeData)]
     assert samples and all(s.soc is not None and s.soc >= 40 for s in samples)
 
@@ -439,15 +461,27 @@ def test_reboot_now_stops_the_charge_and_logs_in_again() -> None:
     assert any(isinstance(m, TransactionRecord) for m in msgs)  # re-sent after the login
 
 
-def firmware_request(cp: CbpCharger, image: bytes, target: str = "DLH_XD32E_210521003",
-                     task: int = 9) -> FirmwareUpdate:
-    return FirmwareUpdate(AC, task, target, hashlib.sha256(image).digest(), len(image),
-                          "http://127.0.0.1:8080/firmware/9/image.bin")
+def firmware_request(
+    cp: CbpCharger, image: bytes, target: str = "DLH_XD32E_210521003", task: int = 9
+) -> FirmwareUpdate:
+    return FirmwareUpdate(
+        AC,
+        task,
+        target,
+        hashlib.sha256(image).digest(),
+        len(image),
+        "http://127.0.0.1:8080/firmware/9/image.bin",
+    )
 
 
 def test_firmware_download_install_reboot_and_the_new_version_at_login() -> None:
-    cp = charger(firmware_version="DLH_XD32E_201110002", firmware_download_seconds=60,
-                 firmware_install_seconds=60, reboot_seconds=60, time_scale=60)
+    cp = charger(
+        firmware_version="DLH_XD32E_201110002",
+        firmware_download_seconds=60,
+        firmware_install_seconds=60,
+        reboot_seconds=60,
+        time_scale=60,
+    )
     gw = online(cp)
     frames = gw.request(firmware_request(cp, IMAGE))
     reply = frames[0][1]
@@ -465,8 +499,10 @@ def test_firmware_download_install_reboot_and_the_new_version_at_login() -> None
     cp.download_finished(gw.now, IMAGE)
     run(5)
     assert statuses == [
-        FirmwareStatusCode.DOWNLOADING, FirmwareStatusCode.DOWNLOADED,
-        FirmwareStatusCode.INSTALLING, FirmwareStatusCode.INSTALLED,
+        FirmwareStatusCode.DOWNLOADING,
+        FirmwareStatusCode.DOWNLOADED,
+        FirmwareStatusCode.INSTALLING,
+        FirmwareStatusCode.INSTALLED,
     ]
     assert cp.powered and gw.closed  # rebooted: the link was closed
     login, *_ = gw.connect()
@@ -489,12 +525,12 @@ def test_firmware_with_a_wrong_checksum_is_not_installed() -> None:
 def test_firmware_is_refused_while_charging_or_when_already_there() -> None:
     cp = charger(firmware_version="DLH_XD32E_210521003")
     gw = online(cp)
-    (_, same), = gw.request(firmware_request(cp, IMAGE))
+    ((_, same),) = gw.request(firmware_request(cp, IMAGE))
     assert isinstance(same, FirmwareUpdateReply)
     assert same.result == FirmwareUpdateResult.ALREADY_AT_TARGET
     cp.plug(1, gw.now)
     gw.request(RemoteStart(AC, 1, make_serial(AC, 1, local_time(gw.now), 1), "APP", 0))
-    (_, busy), = gw.request(firmware_request(cp, IMAGE, target="DLH_XD32E_220101001"))
+    ((_, busy),) = gw.request(firmware_request(cp, IMAGE, target="DLH_XD32E_220101001"))
     assert isinstance(busy, FirmwareUpdateReply)
     assert busy.result == FirmwareUpdateResult.REJECTED_CHARGING
 
@@ -525,9 +561,14 @@ async def test_simulated_cloud_board_charger_is_upgraded_by_a_firmware_task(
         database_url, command_timeout=5, firmware_dir=str(tmp_path / "images")
     ) as gw:
         sim = SimulatedCharger(
-            config(firmware_version="DLH_XD32E_201110002", time_scale=60, model="XD32E",
-                   firmware_download_seconds=30, firmware_install_seconds=30,
-                   reboot_seconds=30),
+            config(
+                firmware_version="DLH_XD32E_201110002",
+                time_scale=60,
+                model="XD32E",
+                firmware_download_seconds=30,
+                firmware_install_seconds=30,
+                reboot_seconds=30,
+            ),
             f"tcp://127.0.0.1:{gw.cbp_port}",
         )
         sim.start()
@@ -540,12 +581,18 @@ async def test_simulated_cloud_board_charger_is_upgraded_by_a_firmware_task(
                 assert task["state"] == "completed", task
                 row = row_of(task, AC)
                 assert (row["state"], row["reported_version"]) == (
-                    "verified", "DLH_XD32E_210521003"
+                    "verified",
+                    "DLH_XD32E_210521003",
                 )
                 events = (await api.get(f"/api/firmware/tasks/{task['id']}/events")).json()
             path = [e["to_state"] for e in events if e["pile_id"] == AC]
             assert path == [
-                "sent", "downloading", "downloaded", "installing", "installed", "verified"
+                "sent",
+                "downloading",
+                "downloaded",
+                "installing",
+                "installed",
+                "verified",
             ]
             assert sim.model.firmware_version == "DLH_XD32E_210521003"
             assert sim.model.links == 2  # the reboot reconnected once

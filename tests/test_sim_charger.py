@@ -198,7 +198,7 @@ def test_boot_retries_honour_the_interval_and_back_off_without_one() -> None:
     assert cp.heartbeat_interval == 120
     before_accept = [a for a, _ in srv.log[: len(boot_times)]]
     assert before_accept == ["BootNotification"] * len(boot_times)
-    after = srv.take()[len(boot_times):]
+    after = srv.take()[len(boot_times) :]
     assert [a for a, _ in after] == ["StatusNotification"] * 2  # connector 0 and gun 1
     assert after[1][1]["status"] == "Preparing"
 
@@ -206,7 +206,9 @@ def test_boot_retries_honour_the_interval_and_back_off_without_one() -> None:
 def test_heartbeats_follow_the_interval_from_the_boot_reply() -> None:
     srv = Server(Charger(config(), now=T0))
     srv.replies["BootNotification"] = {
-        "status": "Accepted", "currentTime": iso(T0), "interval": 30,
+        "status": "Accepted",
+        "currentTime": iso(T0),
+        "interval": 30,
     }
     srv.connect()
     srv.take()
@@ -229,9 +231,17 @@ def test_heartbeats_follow_the_interval_from_the_boot_reply() -> None:
 
 # --- meter ---------------------------------------------------------------------------------
 def test_ac_register_grows_linearly_at_the_configured_power() -> None:
-    srv = booted(power_kw=22, time_scale=60, meter_interval=60,
-                 measurands=("Energy.Active.Import.Register", "Power.Active.Import",
-                             "Current.Import", "Voltage"))
+    srv = booted(
+        power_kw=22,
+        time_scale=60,
+        meter_interval=60,
+        measurands=(
+            "Energy.Active.Import.Register",
+            "Power.Active.Import",
+            "Current.Import",
+            "Voltage",
+        ),
+    )
     cp = srv.cp
     cp.plug(1, srv.now)
     cp.present(1, "CARD", "card", srv.now)
@@ -250,8 +260,13 @@ def test_ac_register_grows_linearly_at_the_configured_power() -> None:
 
 
 def test_dc_power_tapers_with_soc_and_the_charge_ends_when_full() -> None:
-    srv = booted(pile_id=DC, power_kw=120, time_scale=600, meter_interval=60,
-                 measurands=("Energy.Active.Import.Register", "Power.Active.Import", "SoC"))
+    srv = booted(
+        pile_id=DC,
+        power_kw=120,
+        time_scale=600,
+        meter_interval=60,
+        measurands=("Energy.Active.Import.Register", "Power.Active.Import", "SoC"),
+    )
     cp = srv.cp
     cp.plug(1, srv.now, Vehicle(soc=60, capacity_kwh=50))
     cp.present(1, "CARD", "card", srv.now)
@@ -276,8 +291,10 @@ def test_meter_advance_stops_exactly_at_a_limit_or_when_full() -> None:
     assert res.ended == "limit" and res.energy_wh == pytest.approx(1200)
     assert res.seconds == pytest.approx(1200 / 7000 * 3600)
     res = meter.advance("DC", 60000, 10000, 0, 99, 3600)
-    assert res.ended == "full" and res.soc == pytest.approx(100) and res.energy_wh == (
-        pytest.approx(100)
+    assert (
+        res.ended == "full"
+        and res.soc == pytest.approx(100)
+        and res.energy_wh == (pytest.approx(100))
     )
     res = meter.advance("AC", 7000, 60000, 500, 20, 60)
     assert res.ended is None and res.energy_wh == pytest.approx(500 + 7000 / 60)
@@ -329,8 +346,13 @@ def test_offline_queue_is_replayed_in_order_and_gets_the_transaction_id() -> Non
     srv.connect()
     log = srv.take()
     assert [a for a, _ in log] == [
-        "StatusNotification", "StatusNotification",  # current statuses first
-        "StartTransaction", "MeterValues", "MeterValues", "MeterValues", "StopTransaction",
+        "StatusNotification",
+        "StatusNotification",  # current statuses first
+        "StartTransaction",
+        "MeterValues",
+        "MeterValues",
+        "MeterValues",
+        "StopTransaction",
     ]
     replayed = [p for a, p in log if a != "StatusNotification"]
     assert "transactionId" not in replayed[0]
@@ -357,7 +379,10 @@ def test_unanswered_messages_survive_a_dropped_link_and_volatile_ones_do_not() -
     srv.connect()
     log = srv.take()
     assert [a for a, _ in log] == [
-        "StatusNotification", "StatusNotification", "MeterValues", "StopTransaction",
+        "StatusNotification",
+        "StatusNotification",
+        "MeterValues",
+        "StopTransaction",
     ]
     assert log[2][1] == in_flight  # the same sample, sent again
     assert log[3][1]["reason"] == "EVDisconnected"
@@ -411,10 +436,14 @@ def test_local_list_versions() -> None:
 def test_send_local_list_and_get_local_list_version_over_ocpp() -> None:
     srv = booted()
     assert srv.call("GetLocalListVersion", {}) == {"listVersion": 0}
-    assert srv.call("SendLocalList", {
-        "listVersion": 3, "updateType": "Full",
-        "localAuthorizationList": [{"idTag": "CARD-1", "idTagInfo": {"status": "Accepted"}}],
-    }) == {"status": "Accepted"}
+    assert srv.call(
+        "SendLocalList",
+        {
+            "listVersion": 3,
+            "updateType": "Full",
+            "localAuthorizationList": [{"idTag": "CARD-1", "idTagInfo": {"status": "Accepted"}}],
+        },
+    ) == {"status": "Accepted"}
     assert srv.call("GetLocalListVersion", {}) == {"listVersion": 3}
     assert srv.call("SendLocalList", {"listVersion": 3, "updateType": "Differential"}) == {
         "status": "VersionMismatch"
@@ -541,18 +570,19 @@ def test_configuration_keys() -> None:
     sample = of(srv.log, "MeterValues")
     assert len(sample) == 1
     assert [v["measurand"] for v in sample[0]["meterValue"][0]["sampledValue"]] == [
-        "Energy.Active.Import.Register", "Voltage",
+        "Energy.Active.Import.Register",
+        "Voltage",
     ]
 
 
 def test_trigger_unlock_and_availability() -> None:
     srv = booted(guns=2)
     cp = srv.cp
-    assert srv.call("TriggerMessage", {"requestedMessage": "StatusNotification",
-                                       "connectorId": 2}) == {"status": "Accepted"}
+    assert srv.call(
+        "TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 2}
+    ) == {"status": "Accepted"}
     assert of(srv.take(), "StatusNotification") == [
-        {"connectorId": 2, "errorCode": "NoError", "status": "Available",
-         "timestamp": iso(srv.now)}
+        {"connectorId": 2, "errorCode": "NoError", "status": "Available", "timestamp": iso(srv.now)}
     ]
     assert srv.call("TriggerMessage", {"requestedMessage": "Heartbeat"})["status"] == "Accepted"
     assert srv.call("TriggerMessage", {"requestedMessage": "MeterValues", "connectorId": 5}) == {
@@ -599,7 +629,10 @@ def test_hard_reset_stops_the_charge_reboots_and_boots_again() -> None:
     srv.connect()
     log = srv.take()
     assert [a for a, _ in log] == [
-        "BootNotification", "StatusNotification", "StatusNotification", "StopTransaction",
+        "BootNotification",
+        "StatusNotification",
+        "StatusNotification",
+        "StopTransaction",
     ]
     assert log[-1][1]["reason"] == "HardReset"
     assert log[2][1]["status"] == "Preparing"  # still plugged in
@@ -607,10 +640,18 @@ def test_hard_reset_stops_the_charge_reboots_and_boots_again() -> None:
 
 # --- firmware -------------------------------------------------------------------------------------
 def _update_firmware(srv: Server, url: str, retries: int = 0) -> None:
-    assert srv.call("UpdateFirmware", {
-        "location": url, "retrieveDate": iso(srv.now + 1), "retries": retries,
-        "retryInterval": 5,
-    }) == {}
+    assert (
+        srv.call(
+            "UpdateFirmware",
+            {
+                "location": url,
+                "retrieveDate": iso(srv.now + 1),
+                "retries": retries,
+                "retryInterval": 5,
+            },
+        )
+        == {}
+    )
 
 
 def _firmware_statuses(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -668,13 +709,14 @@ def test_firmware_version_can_come_from_the_image_header_and_is_checked() -> Non
 @pytest.mark.parametrize(
     ("stage", "expected", "version_after"),
     [
-        ("download", ["Downloading", "DownloadFailed", "Downloading", "DownloadFailed"],
-         "SIM_1.0.0"),
+        (
+            "download",
+            ["Downloading", "DownloadFailed", "Downloading", "DownloadFailed"],
+            "SIM_1.0.0",
+        ),
         ("check", ["Downloading", "Downloaded", "InstallationFailed"], "SIM_1.0.0"),
-        ("install", ["Downloading", "Downloaded", "Installing", "InstallationFailed"],
-         "SIM_1.0.0"),
-        ("reboot", ["Downloading", "Downloaded", "Installing", "InstallationFailed"],
-         "SIM_1.0.0"),
+        ("install", ["Downloading", "Downloaded", "Installing", "InstallationFailed"], "SIM_1.0.0"),
+        ("reboot", ["Downloading", "Downloaded", "Installing", "InstallationFailed"], "SIM_1.0.0"),
     ],
 )
 def test_firmware_failures_can_be_injected_at_each_stage(
@@ -715,7 +757,9 @@ def test_bad_frames_and_calls_from_the_server_get_call_errors() -> None:
     srv.answers.clear()
     err = srv.call_error('[2, "x3", "Reset", {"type": "Sideways"}]')
     assert err.unique_id == "x3" and err.error_code in (
-        "PropertyConstraintViolation", "FormationViolation", "TypeConstraintViolation",
+        "PropertyConstraintViolation",
+        "FormationViolation",
+        "TypeConstraintViolation",
     )
     srv.cp.receive('[3, "nobody-asked", {}]', srv.now)
     assert srv.cp.stats.errors["unexpected_answer"] == 1
@@ -746,9 +790,22 @@ def test_a_call_error_answer_is_retried_for_transaction_messages() -> None:
 
 # --- property: each transaction reaches the server whole and in order ------------------
 EVENTS = st.lists(
-    st.sampled_from(["plug", "unplug", "card", "stop", "drop", "connect", "wait", "wait_long",
-                     "silence", "answer"]),
-    min_size=1, max_size=60,
+    st.sampled_from(
+        [
+            "plug",
+            "unplug",
+            "card",
+            "stop",
+            "drop",
+            "connect",
+            "wait",
+            "wait_long",
+            "silence",
+            "answer",
+        ]
+    ),
+    min_size=1,
+    max_size=60,
 )
 
 
@@ -859,11 +916,16 @@ def test_a_card_waiting_behind_an_unanswered_call_starts_offline_when_the_link_g
     srv.run_until(srv.now + 3, step=0.5)
     assert cp.queue == type(cp.queue)() and cp.guns[0].tx is None
     assert cp.tx_ids == {1: 100, 2: 101}
-    tx_log = [(a, p.get("transactionId")) for a, p in srv.log
-              if a in ("StartTransaction", "StopTransaction")]
+    tx_log = [
+        (a, p.get("transactionId"))
+        for a, p in srv.log
+        if a in ("StartTransaction", "StopTransaction")
+    ]
     assert tx_log == [
-        ("StartTransaction", None), ("StopTransaction", 100),
-        ("StartTransaction", None), ("StopTransaction", 101),
+        ("StartTransaction", None),
+        ("StopTransaction", 100),
+        ("StartTransaction", None),
+        ("StopTransaction", 101),
     ]
     assert {p["transactionId"] for p in of(srv.log, "MeterValues")} == {100}
 

@@ -36,8 +36,9 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 def charger(gw: Gateway, **kw: Any) -> SimulatedCharger:
-    cfg = ChargerConfig(**({"pile_id": PILE, "validate_outgoing": True,
-                            "reconnect_delay": 0.05} | kw))
+    cfg = ChargerConfig(
+        **({"pile_id": PILE, "validate_outgoing": True, "reconnect_delay": 0.05} | kw)
+    )
     return SimulatedCharger(cfg, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp")
 
 
@@ -68,10 +69,15 @@ async def test_abrupt_and_clean_closes_are_told_apart_by_the_gateway(gw: Gateway
         sc.restore()
         await sc.wait_until(lambda: sc.model.links == 2 and sc.model.online, 5, "reconnect")
         await sc.disconnect("clean")
-        await wait_for_events(gw, [
-            (True, "connected"), (False, "closed_abnormal"), (True, "connected"),
-            (False, "closed_clean"),
-        ])
+        await wait_for_events(
+            gw,
+            [
+                (True, "connected"),
+                (False, "closed_abnormal"),
+                (True, "connected"),
+                (False, "closed_clean"),
+            ],
+        )
     finally:
         await sc.close()
 
@@ -98,8 +104,10 @@ async def test_added_latency_delays_every_frame(gw: Gateway) -> None:
         before = sc.model.stats.latency_by_action.get("Heartbeat")
         assert before is None
         async with api_client(gw) as api:
-            r = await api.post(f"/api/piles/{PILE}/commands/TriggerMessage",
-                               json={"payload": {"requestedMessage": "Heartbeat"}})
+            r = await api.post(
+                f"/api/piles/{PILE}/commands/TriggerMessage",
+                json={"payload": {"requestedMessage": "Heartbeat"}},
+            )
         assert r.status_code == 200 and r.json()["response"] == {"status": "Accepted"}
         await sc.wait_until(
             lambda: "Heartbeat" in sc.model.stats.latency_by_action, 5, "heartbeat answer"
@@ -116,18 +124,19 @@ async def test_commands_from_the_ops_api_reach_the_charger(gw: Gateway) -> None:
     try:
         await sc.wait_until(lambda: sc.model.online, 5, "boot")
         async with api_client(gw) as api:
+
             async def command(action: str, payload: dict[str, Any]) -> Any:
-                r = await api.post(f"/api/piles/{PILE}/commands/{action}",
-                                   json={"payload": payload})
+                r = await api.post(
+                    f"/api/piles/{PILE}/commands/{action}", json={"payload": payload}
+                )
                 assert r.status_code == 200, r.text
                 return r.json()["response"]
 
             conf = await command("GetConfiguration", {"key": ["NumberOfConnectors"]})
             assert conf["configurationKey"][0]["value"] == "1"
-            assert await command("ChangeConfiguration",
-                                 {"key": "MeterValueSampleInterval", "value": "15"}) == {
-                "status": "Accepted"
-            }
+            assert await command(
+                "ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": "15"}
+            ) == {"status": "Accepted"}
             assert sc.model.meter_interval == 15
             assert await command("Reset", {"type": "Soft"}) == {"status": "Accepted"}
             await sc.wait_until(lambda: sc.model.links == 2 and sc.model.online, 5, "reboot")
@@ -145,8 +154,9 @@ async def test_security_profile_1_password(tmp_path: Path) -> None:
         async with api_client(g) as api:
             r = await api.post("/api/piles", json={"pile_id": PILE})
             assert r.status_code == 201
-            r = await api.put(f"/api/piles/{PILE}/password",
-                              json={"password": "s3cret-pass-1234567"})
+            r = await api.put(
+                f"/api/piles/{PILE}/password", json={"password": "s3cret-pass-1234567"}
+            )
             assert r.status_code == 204, r.text
         wrong = charger(g, password="not-the-password")
         right = charger(g, password="s3cret-pass-1234567")
@@ -176,8 +186,12 @@ class FirmwareCentral:
 
     def http(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.startswith("/fw/"):
-            headers = Headers([("Content-Type", "application/octet-stream"),
-                               ("Content-Length", str(len(self.image)))])
+            headers = Headers(
+                [
+                    ("Content-Type", "application/octet-stream"),
+                    ("Content-Length", str(len(self.image))),
+                ]
+            )
             return Response(200, "OK", headers, self.image)
         return None
 
@@ -190,8 +204,11 @@ class FirmwareCentral:
                 reply: dict[str, Any] = {}
                 if msg.action == "BootNotification":
                     self.boots.append(msg.payload.get("firmwareVersion", ""))
-                    reply = {"status": "Accepted", "interval": 60,
-                             "currentTime": datetime.now(UTC).isoformat()}
+                    reply = {
+                        "status": "Accepted",
+                        "interval": 60,
+                        "currentTime": datetime.now(UTC).isoformat(),
+                    }
                 elif msg.action == "FirmwareStatusNotification":
                     self.statuses.append(msg.payload["status"])
                 elif msg.action == "Heartbeat":
@@ -199,21 +216,33 @@ class FirmwareCentral:
                 await ws.send(encode_result(msg.unique_id, reply))
                 if msg.action == "StatusNotification" and not self.sent_update:
                     self.sent_update = True
-                    await ws.send(encode_call(f"c{next(self._ids)}", "UpdateFirmware", {
-                        "location": f"http://127.0.0.1:{self.port}/fw/DLH_XD32E_210521003.bin",
-                        "retrieveDate": datetime.now(UTC).isoformat(),
-                    }))
+                    await ws.send(
+                        encode_call(
+                            f"c{next(self._ids)}",
+                            "UpdateFirmware",
+                            {
+                                "location": f"http://127.0.0.1:{self.port}/fw/DLH_XD32E_210521003.bin",
+                                "retrieveDate": datetime.now(UTC).isoformat(),
+                            },
+                        )
+                    )
         except ConnectionClosed:
             pass
 
 
 async def test_firmware_update_over_real_sockets() -> None:
     central = FirmwareCentral()
-    async with serve(central.handler, "127.0.0.1", 0, process_request=central.http,
-                     subprotocols=["ocpp1.6"]) as server:  # type: ignore[list-item]
+    async with serve(
+        central.handler, "127.0.0.1", 0, process_request=central.http, subprotocols=["ocpp1.6"]
+    ) as server:  # type: ignore[list-item]
         central.port = next(iter(server.sockets)).getsockname()[1]
-        cfg = ChargerConfig(pile_id=PILE, firmware_version="DLH_XD32E_201110002",
-                            time_scale=100, reconnect_delay=0.05, validate_outgoing=True)
+        cfg = ChargerConfig(
+            pile_id=PILE,
+            firmware_version="DLH_XD32E_201110002",
+            time_scale=100,
+            reconnect_delay=0.05,
+            validate_outgoing=True,
+        )
         sc = SimulatedCharger(cfg, f"ws://127.0.0.1:{central.port}/ocpp")
         sc.start()
         try:

@@ -25,7 +25,11 @@ def test_load_options_are_checked_and_ids_are_valid_and_distinct() -> None:
         "CP00007"
     )
     bad_options: list[dict[str, Any]] = [
-        {"count": 0}, {"ramp": 0}, {"duration": 0}, {"charging_share": 1.5}, {"count": 100_000},
+        {"count": 0},
+        {"ramp": 0},
+        {"duration": 0},
+        {"charging_share": 1.5},
+        {"count": 100_000},
     ]
     for bad in bad_options:
         with pytest.raises(ValueError):
@@ -34,8 +38,10 @@ def test_load_options_are_checked_and_ids_are_valid_and_distinct() -> None:
 
 
 def test_the_cli_refuses_bad_load_options(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sim", "load", "--url", "ws://127.0.0.1:1/ocpp", "--count", "0",
-                 "--duration", "1"]) == 2
+    assert (
+        main(["sim", "load", "--url", "ws://127.0.0.1:1/ocpp", "--count", "0", "--duration", "1"])
+        == 2
+    )
     assert "count must be at least 1" in capsys.readouterr().err
 
 
@@ -44,8 +50,14 @@ async def test_fifty_chargers_for_three_seconds(tmp_path: Path) -> None:
     async with running_gateway(db) as gw:
         lines: list[str] = []
         opts = LoadOptions(
-            url=f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", count=50, ramp=100, duration=3,
-            charging_share=0.5, meter_interval=0.5, charge_seconds=1.0, idle_seconds=0.3,
+            url=f"ws://127.0.0.1:{gw.ocpp_port}/ocpp",
+            count=50,
+            ramp=100,
+            duration=3,
+            charging_share=0.5,
+            meter_interval=0.5,
+            charge_seconds=1.0,
+            idle_seconds=0.3,
             report_every=1.0,
         )
         report = await run_load(opts, lines.append)
@@ -57,8 +69,13 @@ async def test_fifty_chargers_for_three_seconds(tmp_path: Path) -> None:
         p = report.percentiles()
         assert p["p50"] is not None and p["p95"] is not None and p["p99"] is not None
         assert p["p50"] <= p["p95"] <= p["p99"]
-        assert {"BootNotification", "StatusNotification", "StartTransaction", "MeterValues",
-                "StopTransaction"} <= set(stats.latency_by_action)
+        assert {
+            "BootNotification",
+            "StatusNotification",
+            "StartTransaction",
+            "MeterValues",
+            "StopTransaction",
+        } <= set(stats.latency_by_action)
         assert lines[0].startswith("load: 50 chargers (25 charging) at 100/s for 3 s")
         assert sum(line.startswith("t=") for line in lines) >= 2
         assert any(line.startswith("latency (CALL to answer): p50") for line in lines)

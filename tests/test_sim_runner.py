@@ -62,7 +62,10 @@ def test_shorthands_and_defaults() -> None:
     assert wait.seconds == 1.5 and plug.gun == 1
     assert isinstance(expect, Expect)
     assert (expect.kind, expect.target, expect.checks, expect.within) == (
-        "pile", "ac1", {"online": False}, 30
+        "pile",
+        "ac1",
+        {"online": False},
+        30,
     )
     assert sc.steps[3].describe() == "pile ac1: online = False within 30 s"
     assert sc.chargers["ac1"].effective_kind == "AC"
@@ -80,12 +83,16 @@ def test_shorthands_and_defaults() -> None:
         ("- expect: {online: true}\n", "steps[0].expect: name exactly one subject"),
         ("- expect: {pile: ac1, energy: {'>=': 1, about: 2}}\n", "unknown operator(s) ['about']"),
         ("- {plug: ac1, wait: 1}\n", "steps[0]: a step is a mapping with one key"),
-        ("- set_local_list: {charger: ac1, version: 1, tokens: {A: Maybe}}\n",
-         "status must be one of"),
+        (
+            "- set_local_list: {charger: ac1, version: 1, tokens: {A: Maybe}}\n",
+            "status must be one of",
+        ),
         ("- whitelist: {name: w, chargers: [ac1, dc9]}\n", "no charger named 'dc9'"),
         ("- api: {path: '/api/piles/{pile:nope}'}\n", "no charger named 'nope'"),
-        ("- expect: {api: '/api/piles/{pile:nope}/whitelist', status: in_sync}\n",
-         "no charger named 'nope'"),
+        (
+            "- expect: {api: '/api/piles/{pile:nope}/whitelist', status: in_sync}\n",
+            "no charger named 'nope'",
+        ),
         ("- api: {path: 'api/piles'}\n", "steps[0].api.path: String should match"),
     ],
 )
@@ -97,10 +104,12 @@ def test_errors_name_the_step_and_the_field(steps: str, message: str) -> None:
 
 def test_charger_errors_name_the_charger_and_field() -> None:
     with pytest.raises(ScenarioError, match=r"chargers\.ac1.*7 or 22 kW"):
-        parse_scenario(yaml.safe_load(
-            "name: t\nchargers:\n  ac1: {pile_id: '44200000010000100001', power_kw: 50}\n"
-            "steps:\n  - connect: ac1\n"
-        ))
+        parse_scenario(
+            yaml.safe_load(
+                "name: t\nchargers:\n  ac1: {pile_id: '44200000010000100001', power_kw: 50}\n"
+                "steps:\n  - connect: ac1\n"
+            )
+        )
     with pytest.raises(ScenarioError, match="missing 'steps'"):
         parse_scenario({"name": "t", "chargers": {"a": {"pile_id": "1"}}})
     with pytest.raises(ScenarioError, match="unknown top-level"):
@@ -108,24 +117,39 @@ def test_charger_errors_name_the_charger_and_field() -> None:
 
 
 def test_time_scale_is_inherited_by_chargers() -> None:
-    sc = parse_scenario(yaml.safe_load(
-        "name: t\ntime_scale: 60\nchargers:\n  a: {pile_id: '44200000010000100001'}\n"
-        "  b: {pile_id: '44200000010000100002', time_scale: 2}\nsteps:\n  - connect: a\n"
-    ))
+    sc = parse_scenario(
+        yaml.safe_load(
+            "name: t\ntime_scale: 60\nchargers:\n  a: {pile_id: '44200000010000100001'}\n"
+            "  b: {pile_id: '44200000010000100002', time_scale: 2}\nsteps:\n  - connect: a\n"
+        )
+    )
     assert sc.chargers["a"].time_scale == 60 and sc.chargers["b"].time_scale == 2
 
 
 @pytest.mark.parametrize(
     ("actual", "matcher", "ok"),
     [
-        (True, True, True), (1, True, False), (False, 0, False), (400, 400, True),
-        (400.0, 400, True), ("400", 400, True), ("card", "card", True), ("Card", "card", False),
-        (1250, {">=": 1200}, True), (1199, {">=": 1200}, False), (5, {">": 1, "<": 10}, True),
-        (700, {"approx": 690, "tolerance": 0.02}, True), (700, {"approx": 650}, False),
+        (True, True, True),
+        (1, True, False),
+        (False, 0, False),
+        (400, 400, True),
+        (400.0, 400, True),
+        ("400", 400, True),
+        ("card", "card", True),
+        ("Card", "card", False),
+        (1250, {">=": 1200}, True),
+        (1199, {">=": 1200}, False),
+        (5, {">": 1, "<": 10}, True),
+        (700, {"approx": 690, "tolerance": 0.02}, True),
+        (700, {"approx": 650}, False),
         ("ping_timeout", {"in": ["replaced", "ping_timeout"]}, True),
-        (["SoC", "Voltage"], {"contains": "SoC"}, True), ("16 digits", {"contains": "17"}, False),
-        ("DLH_XD32E_210521003", {"matches": r"_21\d+$"}, True), (None, {"exists": False}, True),
-        (3, {"exists": True}, True), (None, {">=": 1}, False), ("x", {"!=": "y"}, True),
+        (["SoC", "Voltage"], {"contains": "SoC"}, True),
+        ("16 digits", {"contains": "17"}, False),
+        ("DLH_XD32E_210521003", {"matches": r"_21\d+$"}, True),
+        (None, {"exists": False}, True),
+        (3, {"exists": True}, True),
+        (None, {">=": 1}, False),
+        ("x", {"!=": "y"}, True),
     ],
 )
 def test_matchers(actual: Any, matcher: Any, ok: bool) -> None:
@@ -149,8 +173,10 @@ def test_curve_checks_tell_a_line_from_a_bend() -> None:
     assert stats["samples"] == 10 and stats["monotonic"]
     assert stats["max_deviation"] == pytest.approx(0, abs=1e-9)
     assert stats["slope_kw"] == pytest.approx(7.0)
-    bent = [(float(t), v if t < 300 else v * 0.5 + 300) for t, v in
-            ((t, 10.0 * t) for t in range(0, 600, 60))]
+    bent = [
+        (float(t), v if t < 300 else v * 0.5 + 300)
+        for t, v in ((t, 10.0 * t) for t in range(0, 600, 60))
+    ]
     assert curve_stats(bent)["max_deviation"] > 0.05
     backwards = [(0.0, 5.0), (1.0, 4.0), (2.0, 6.0)]
     assert not curve_stats(backwards)["monotonic"]
@@ -167,18 +193,25 @@ def test_metric_text_is_summed_by_labels() -> None:
         pilegate_handshake_refusals_created{reason="auth_failed"} 1.7e9
     """)
     assert _metric_value(text, "pilegate_handshake_refusals_total", {}) == 3.0
-    assert _metric_value(
-        text, "pilegate_handshake_refusals_total", {"reason": "invalid_pile_id:length"}
-    ) == 2.0
+    assert (
+        _metric_value(
+            text, "pilegate_handshake_refusals_total", {"reason": "invalid_pile_id:length"}
+        )
+        == 2.0
+    )
     assert _metric_value(text, "pilegate_nothing_total", {}) == 0.0
 
 
 def test_reports() -> None:
     ok = ScenarioResult("good", "good.yaml", [CheckResult("pile a: online", True, "expect", 1.0)])
-    bad = ScenarioResult("bad", "bad.yaml", [
-        CheckResult("step 2: plug a", False, "step", 0.1, "gun 1 is already plugged in"),
-        CheckResult("pile a: online", False, "expect", 0.0, "not run", skipped=True),
-    ])
+    bad = ScenarioResult(
+        "bad",
+        "bad.yaml",
+        [
+            CheckResult("step 2: plug a", False, "step", 0.1, "gun 1 is already plugged in"),
+            CheckResult("pile a: online", False, "expect", 0.0, "not run", skipped=True),
+        ],
+    )
     assert ok.passed and not bad.passed
     assert not ScenarioResult("empty", "e.yaml").passed  # no expectation: nothing proven
     text = format_report([ok, bad])

@@ -20,14 +20,14 @@ SHIPPED = shipped_scenarios()
 # Every gateway in these tests detects a dead link within ~2-3 s: OCPP by
 # ping/pong, CBP/1 (no pings) by 3 missed heartbeats of 1 s.
 FAST_PRESENCE = {
-    "ping_interval": 1, "pong_timeout": 1, "cbp_heartbeat_interval": 1,
+    "ping_interval": 1,
+    "pong_timeout": 1,
+    "cbp_heartbeat_interval": 1,
     "watchdog_min_silence": 1,
 }
 
 
-async def _run(
-    sc: Scenario, database_url: str, protocol: Protocol | None = None
-) -> ScenarioResult:
+async def _run(sc: Scenario, database_url: str, protocol: Protocol | None = None) -> ScenarioResult:
     sc = with_protocol(sc, protocol)
     async with running_gateway(database_url, **{**FAST_PRESENCE, **sc.gateway.settings}) as gw:
         runner = ScenarioRunner(
@@ -43,8 +43,13 @@ async def _run(
 def test_the_issue_scenarios_are_shipped() -> None:
     names = {p.stem for p in SHIPPED}
     assert {
-        "pileid_16_digits", "kind_mismatch", "online_offline_online", "half_open",
-        "billing_dispute_curve", "duplicate_takeover", "six_minute_autostop",
+        "pileid_16_digits",
+        "kind_mismatch",
+        "online_offline_online",
+        "half_open",
+        "billing_dispute_curve",
+        "duplicate_takeover",
+        "six_minute_autostop",
     } <= names
 
 
@@ -140,10 +145,12 @@ async def test_a_failing_expectation_is_reported_and_exits_1(tmp_path: Path) -> 
     lines = report.splitlines()
     assert lines[0].startswith("FAIL  impossible detection bound")
     # The fast bound fails, the real detection (ping_timeout) still passes.
-    assert any(line.strip().startswith("FAIL  pile cut: online = False within 0.3 s")
-               for line in lines), report
-    assert any(line.strip().startswith("ok    event cut: reason = 'ping_timeout'")
-               for line in lines), report
+    assert any(
+        line.strip().startswith("FAIL  pile cut: online = False within 0.3 s") for line in lines
+    ), report
+    assert any(
+        line.strip().startswith("ok    event cut: reason = 'ping_timeout'") for line in lines
+    ), report
     assert "observed: online = True" in report
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
@@ -166,14 +173,20 @@ async def test_a_failing_step_stops_the_scenario_and_skips_what_follows(tmp_path
 
 
 async def test_connecting_to_nothing_fails_the_connect_step(tmp_path: Path) -> None:
-    sc = load_scenario(_write(tmp_path, "nothing.yaml", """\
+    sc = load_scenario(
+        _write(
+            tmp_path,
+            "nothing.yaml",
+            """\
         name: no gateway
         chargers:
           lonely: {pile_id: "44200000010000100093"}
         steps:
           - connect: {charger: lonely, timeout: 0.5}
           - expect: {charger: lonely, online: true}
-    """))
+    """,
+        )
+    )
     db = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
     async with running_gateway(db) as gw:
         runner = ScenarioRunner(

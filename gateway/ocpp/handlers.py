@@ -438,16 +438,12 @@ class OcppHandlers:
             return None
         return {}
 
-    def _meter_ops(
-        self, p: dict[str, Any]
-    ) -> tuple[int, list[MeterSampleOp], tuple[WriteOp, ...]]:
+    def _meter_ops(self, p: dict[str, Any]) -> tuple[int, list[MeterSampleOp], tuple[WriteOp, ...]]:
         now = self.s.clock()
         connector = int(p["connectorId"])
         tx_key = int(p.get("transactionId") or 0)
         samples = self._samples(p["meterValue"], connector, tx_key, now)
-        events = self.s.events.meter_samples_op(
-            self.conn.pile_id, now, connector, tx_key, samples
-        )
+        events = self.s.events.meter_samples_op(self.conn.pile_id, now, connector, tx_key, samples)
         return connector, samples, events
 
     async def _probe_kind(self) -> None:
