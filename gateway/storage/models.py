@@ -39,6 +39,17 @@ NAMING = {
 }
 
 
+def utc_for_storage(value: datetime | None, *, naive: bool) -> datetime | None:
+    """What a ``UTCDateTime`` column binds: the time in UTC, naive for SQLite.
+    Also used by the driver-level batch writes (``rawsql``)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
+    value = value.astimezone(UTC)
+    return value.replace(tzinfo=None) if naive else value
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend.
 
@@ -50,12 +61,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return utc_for_storage(value, naive=dialect.name == "sqlite")
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

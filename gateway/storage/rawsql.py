@@ -19,31 +19,32 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Gun, GunStatusEvent, MeterValue, OutboxEvent, Pile, UTCDateTime
+from .models import (
+    Gun,
+    GunStatusEvent,
+    MeterValue,
+    OutboxEvent,
+    Pile,
+    UTCDateTime,
+    utc_for_storage,
+)
 
 
 def sqlite_datetime(value: datetime | None) -> str | None:
     """An aware datetime as SQLAlchemy's SQLite DATETIME stores it (naive UTC)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    utc = utc_for_storage(value, naive=True)
+    return None if utc is None else utc.isoformat(" ", "microseconds")
 
 
 def pg_datetime(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to storage; pass an aware UTC datetime")
-    return value
+    return utc_for_storage(value, naive=False)
 
 
 class RawStatement:
@@ -122,15 +123,14 @@ def _datetimes(model: type[Any]) -> frozenset[str]:
     return frozenset(c.key for c in model.__table__.columns if isinstance(c.type, UTCDateTime))
 
 
-# Columns the upsert of a gun's current status replaces.
-GUN_UPDATE_COLUMNS = ("gun_id", "status", "error_code", "info", "vendor_error_code", "status_at")
+def _non_key_columns(model: type[Any]) -> tuple[str, ...]:
+    return tuple(c.key for c in model.__table__.columns if not c.primary_key)
 
 
 class RawStatements:
     """The compiled statements of one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect_name = dialect.name
         # Retransmitted samples are ignored by the unique key.
         self.meter_values = _compile(
             dialect_insert(dialect, MeterValue).on_conflict_do_nothing(),
@@ -147,7 +147,7 @@ class RawStatements:
         self.gun_upsert = _compile(
             gun.on_conflict_do_update(
                 index_elements=["pile_id", "connector_id"],
-                set_={k: gun.excluded[k] for k in GUN_UPDATE_COLUMNS},
+                set_={k: gun.excluded[k] for k in _non_key_columns(Gun)},
                 where=Gun.status_at <= gun.excluded.status_at,
             ),
             dialect,

@@ -204,6 +204,9 @@ class WriteBehind:
             self._space.clear()
             self._wakeup.set()
             await self._space.wait()
+        self._enqueue(ops)
+
+    def _enqueue(self, ops: tuple[WriteOp, ...]) -> None:
         self._queue.append(ops)
         self._queued_ops += len(ops)
         self._enqueued += 1
@@ -223,18 +226,13 @@ class WriteBehind:
         """Enqueue without waiting, if the queue has room (else False and
         nothing enqueued: the caller falls back to ``put``, which waits).
         The connection fast path uses it to answer a frame without a task
-        switch. Durable operations are not accepted here."""
+        switch."""
         if self._closed:
             raise RuntimeError("write queue is closed")
         if self._queued_ops >= self._max_items:
             return False
         if ops:
-            self._queue.append(ops)
-            self._queued_ops += len(ops)
-            self._enqueued += 1
-            self._report_depth()
-            if self._queued_ops >= self._batch_max:
-                self._wakeup.set()
+            self._enqueue(ops)
         return True
 
     async def call(self, fn: Callable[[AsyncSession], Awaitable[Any]], *ops: WriteOp) -> Any:
