@@ -81,7 +81,11 @@ class FakeWs:
 
 
 class Holder:
-    """Stands in for the connection: ``_send`` only uses ``self.ws``."""
+    """Stands in for the connection: ``_send`` uses ``self.ws`` and the
+    connection's own ``_writable`` and ``_write``."""
+
+    _writable = OcppConnection._writable
+    _write = OcppConnection._write
 
     def __init__(self, ws: FakeWs) -> None:
         self.ws = ws

@@ -210,14 +210,18 @@ class OcppConnection:
         except ConnectionClosed:
             pass
 
+    def _seen(self) -> bool:
+        """Record that a frame came (presence, "last seen"); False when it
+        must be dropped: a replaced connection's late frames must not change
+        the state of the pile's new connection."""
+        services = self.services
+        services.tracker.frame_received(self.conn_id, time.monotonic())
+        services.writer.touch(self.pile_id, services.clock())
+        return not self.replaced
+
     async def _received(self, raw: str | bytes) -> None:
-        self.services.tracker.frame_received(self.conn_id, time.monotonic())
-        self.services.writer.touch(self.pile_id, self.services.clock())
-        if self.replaced:
-            # A replaced connection's late frames must not change the
-            # state of the pile's new connection.
-            return
-        await self._on_frame(raw)
+        if self._seen():
+            await self._on_frame(raw)
 
     def _deliver(self, raw: str | None) -> None:
         """Called by OcppServerConnection inside ``data_received`` with each
@@ -227,11 +231,8 @@ class OcppConnection:
             self._recv_mode = True
             self._wake()
             return
-        services = self.services
-        services.tracker.frame_received(self.conn_id, time.monotonic())
-        services.writer.touch(self.pile_id, services.clock())
-        if self.replaced:
-            return  # as in _received
+        if not self._seen():
+            return
         inbox = self._inbox
         if inbox is None and not self._busy:
             ctx = self._ctx
@@ -265,15 +266,7 @@ class OcppConnection:
         has room, the socket takes the reply. Returns False, having done
         nothing, for everything else (the receive task then handles the
         frame exactly as before)."""
-        ws = self.ws
-        if (
-            ws.protocol.state is not State.OPEN
-            or ws.send_in_progress is not None
-            or ws.paused
-            or ws.transport.is_closing()
-            or self.boot_rejected
-            or self.services.writer.backlogged
-        ):
+        if not self._writable() or self.boot_rejected or self.services.writer.backlogged:
             return False
         try:
             msg = decode(raw, version=self.version)  # type: ignore[arg-type]
@@ -297,12 +290,7 @@ class OcppConnection:
         metrics = self.services.metrics
         metrics.ocpp_in(action)
         self.bad_in_a_row = 0
-        ws.protocol.send_text(encode_result(msg.unique_id, reply).encode())
-        try:
-            ws.send_data()
-        except Exception as exc:  # as ws.send: the link is dead, end it
-            ws.set_connection_exc(exc)
-            ws.transport.abort()
+        self._write(encode_result(msg.unique_id, reply))
         metrics.handler_seconds(action, time.perf_counter() - started)
         return True
 
@@ -462,29 +450,40 @@ class OcppConnection:
         await self._send(encode_result(call.unique_id, reply))
         metrics.handler_seconds(action, time.perf_counter() - started)
 
-    async def _send(self, text: str) -> None:
+    def _writable(self) -> bool:
+        """Whether a reply may be written straight to the socket: what
+        ``ws.send`` checks for an unfragmented message on an open connection
+        whose write buffer is not full."""
         ws = self.ws
-        # Fast path for the reply to nearly every frame: what ``ws.send``
-        # does for an unfragmented text message on an open, writable
-        # connection, without its async context manager (an eighth of the
-        # gateway's CPU under mixed load, docs/benchmarks.md). Anything else
-        # (closing, a full write buffer, a send in progress) takes ``ws.send``.
-        transport = ws.transport
-        if (
+        return (
             DIRECT_SEND
             and ws.protocol.state is State.OPEN
             and ws.send_in_progress is None
             and not ws.paused
-            and not transport.is_closing()
-        ):
-            ws.protocol.send_text(text.encode())
-            try:
-                ws.send_data()
-            except Exception as exc:  # as ws.send: the link is dead, end it
-                ws.set_connection_exc(exc)
-                transport.abort()
-                return
-            if ws.paused:
+            and not ws.transport.is_closing()
+        )
+
+    def _write(self, text: str) -> bool:
+        """Write a text frame now (``_writable()`` must hold); False when the
+        write failed and the link was ended, as ``ws.send`` does."""
+        ws = self.ws
+        ws.protocol.send_text(text.encode())
+        try:
+            ws.send_data()
+        except Exception as exc:
+            ws.set_connection_exc(exc)
+            ws.transport.abort()
+            return False
+        return True
+
+    async def _send(self, text: str) -> None:
+        ws = self.ws
+        # Fast path for the reply to nearly every frame: what ``ws.send``
+        # does, without its async context manager (an eighth of the
+        # gateway's CPU under mixed load, docs/benchmarks.md). Anything else
+        # (closing, a full write buffer, a send in progress) takes ``ws.send``.
+        if self._writable():
+            if self._write(text) and ws.paused:
                 # Write buffer over the high-water mark: wait like ws.send
                 # would (flow control toward a slow charger).
                 with contextlib.suppress(Exception):
