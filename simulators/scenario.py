@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -203,7 +203,7 @@ class Note(_Model):
     text: str
 
 
-EXPECT_KINDS = (
+ExpectKind = Literal[
     "pile",
     "event",
     "transaction",
@@ -213,24 +213,15 @@ EXPECT_KINDS = (
     "metric",
     "command",
     "api",
-)
+]
+EXPECT_KINDS: tuple[str, ...] = get_args(ExpectKind)
 
 
 class Expect(_Model):
     """One expectation: a subject (``kind`` and ``target``), field checks,
     and how long to wait for it."""
 
-    kind: Literal[
-        "pile",
-        "event",
-        "transaction",
-        "meter_values",
-        "handshake",
-        "charger",
-        "metric",
-        "command",
-        "api",
-    ]
+    kind: ExpectKind
     target: str
     checks: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
