@@ -181,26 +181,38 @@ class WhitelistService:
         now = self.services.clock()
         lists, bindings = await self._snapshot()
         eff = effective_list(pile_id, lists, bindings, now=now)
-        state = await self.store.pile_state(pile_id)
-        if state is None or state.desired_hash != eff.content_hash:
-            # Above what the pile was ever sent, so a one-message sync ends
-            # with the pile reporting the gateway's own version.
-            floor = state.held_version or 0 if state else 0
-            version = max((state.desired_version if state else 0) + 1, floor + 1)
-            if not persist:
-                return version, dict(eff.entries), eff
-            self._managed.add(pile_id)
-            await self.store.save_pile_state(
-                pile_id,
-                now,
-                desired_version=version,
-                desired_hash=eff.content_hash,
-                desired_count=len(eff),
-                status="pending" if state is None else state.status,
-            )
-        else:
-            version = state.desired_version
+        if not persist:
+            state = await self.store.pile_state(pile_id)
+            return self._desired_version(state, eff), dict(eff.entries), eff
+        # Read and write the pile's state under its lock: the engine stores
+        # the sync's status under the same lock, and a status read before it
+        # and written back after would undo it (a connect and the poller
+        # both recomputing a new pile wrote "pending" over "in_sync").
+        async with self._lock(pile_id):
+            state = await self.store.pile_state(pile_id)
+            version = self._desired_version(state, eff)
+            if state is None or state.desired_hash != eff.content_hash:
+                self._managed.add(pile_id)
+                await self.store.save_pile_state(
+                    pile_id,
+                    now,
+                    desired_version=version,
+                    desired_hash=eff.content_hash,
+                    desired_count=len(eff),
+                    status="pending" if state is None else state.status,
+                )
         return version, dict(eff.entries), eff
+
+    @staticmethod
+    def _desired_version(state: Any, eff: Any) -> int:
+        """The pile's desired version for ``eff``: the stored one while the
+        content is unchanged, else one above both it and what the pile was
+        ever sent (so a one-message sync ends with the pile reporting the
+        gateway's own version)."""
+        if state is not None and state.desired_hash == eff.content_hash:
+            return int(state.desired_version)
+        floor = state.held_version or 0 if state else 0
+        return max((state.desired_version if state else 0) + 1, floor + 1)
 
     def poke(self) -> None:
         """Lists changed on this node: recompute connected piles now."""

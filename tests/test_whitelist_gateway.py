@@ -163,6 +163,26 @@ async def test_the_pile_view_reads_without_writing(gw: Gateway, api: httpx.Async
     assert await store.pile_state(DC) == before
 
 
+async def test_recomputing_waits_for_the_piles_lock(gw: Gateway, api: httpx.AsyncClient) -> None:
+    # The engine stores a sync's status under the pile's lock. Recomputing
+    # the desired list read the status outside it and wrote it back: a
+    # connect and the poller both recomputing a new pile once wrote
+    # "pending" over the engine's "in_sync" (seen in CI). The read and the
+    # write now wait for the lock.
+    await api.post("/api/piles", json={"pile_id": DC})
+    await make_list(api, "locked", 1, {"pile_ids": [DC]})
+    service = next(e for e in gw.extensions if type(e).__name__ == "WhitelistService")
+    async with service._lock(DC):
+        task = asyncio.create_task(service.desired_for(DC))
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        assert await service.store.pile_state(DC) is None  # nothing written yet
+    version, entries, _ = await asyncio.wait_for(task, 10)
+    assert version == 1 and list(entries) == ["LOCKED000000"]
+    state = await service.store.pile_state(DC)
+    assert state is not None and state.desired_version == 1
+
+
 # --- sync ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("n", "chunk", "messages"), [(0, 250, 1), (1, 250, 1), (1000, 250, 4)])
 async def test_lists_of_several_sizes_reach_the_pile(
