@@ -234,11 +234,17 @@ class MeterValue(Base):
     NULLs never collide in a unique index."""
 
     __tablename__ = "meter_values"
+    # One index only: the unique key, led by (pile_id, transaction_key) so
+    # that it also serves both readers, a transaction's curve (pile_id,
+    # transaction_key) and a gun's samples outside any transaction (pile_id,
+    # transaction_key 0, connector_id, at range). A second index on
+    # (transaction_key, at) cost every sample insert a third B-tree update
+    # (migration 0006; docs/benchmarks.md "One index on meter_values").
     __table_args__ = (
         UniqueConstraint(
             "pile_id",
-            "connector_id",
             "transaction_key",
+            "connector_id",
             "at",
             "measurand",
             "phase",
@@ -246,7 +252,6 @@ class MeterValue(Base):
             "context",
             name="uq_meter_values_sample",
         ),
-        Index("ix_meter_values_tx", "transaction_key", "at"),
     )
 
     id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)

@@ -1,0 +1,140 @@
+"""meter_values indexes: sample rows per second, before and after migration 0006.
+
+Migration 0006 replaced the unique key (pile_id, connector_id,
+transaction_key, at, ...) plus the index (transaction_key, at) by one unique
+key on the same columns led by (pile_id, transaction_key). This writes the
+same meter rows into a database migrated to 0005 (two indexes) and one
+migrated to head (one), on SQLite and on PostgreSQL, in one run, the way the
+write-behind queue does: batches of 5,000 rows, one transaction each, the
+gateway's compiled INSERT ... ON CONFLICT DO NOTHING through the driver's
+executemany (gateway/storage/rawsql.py). It prints rows/s for each.
+
+    .venv/bin/python bench/meter_index.py [--rows 400000] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert, text
+
+from gateway.storage import db
+from gateway.storage.models import Pile
+from gateway.storage.rawsql import executemany, statements_for
+
+MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage")
+BATCH = 5_000
+PILES = [f"4420000001{i:010d}" for i in range(100)]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _batch(first: int, total: int) -> list[dict[str, object]]:
+    # 100 piles, each in its own transaction, 4 measurands per timestamp.
+    return [
+        {
+            "pile_id": PILES[(k // 4) % 100],
+            "connector_id": 1,
+            "transaction_key": 1000 + (k // 4) % 100,
+            "at": T0 + timedelta(milliseconds=k // 4),
+            "measurand": MEASURANDS[k % 4],
+            "phase": "",
+            "unit": "Wh",
+            "context": "Sample.Periodic",
+            "location": "Outlet",
+            "format": "Raw",
+            "value": str(k),
+            "value_num": float(k),
+            "received_at": T0 + timedelta(milliseconds=k // 4),
+        }
+        for k in range(first, min(first + BATCH, total))
+    ]
+
+
+async def rows_per_second(url: str, revision: str, total: int) -> float:
+    engine = db.create_engine(url)
+    try:
+        await db.upgrade(engine, revision)
+        async with engine.begin() as c:
+            await c.execute(
+                insert(Pile.__table__),
+                [
+                    {
+                        "pile_id": p,
+                        "region_code": "442000",
+                        "operator_code": "0001",
+                        "product_code": "10",
+                        "kind": "DC",
+                        "serial": p[-5:],
+                        "registered_at": T0,
+                        "online": False,
+                        "kind_mismatch": False,
+                    }
+                    for p in PILES
+                ],
+            )
+        sessions = db.session_factory(engine)
+        spent = 0.0
+        for first in range(0, total, BATCH):
+            batch = _batch(first, total)
+            started = time.perf_counter()
+            async with sessions() as s, s.begin():
+                await executemany(s, statements_for(s).meter_values, batch)
+            spent += time.perf_counter() - started
+        return total / spent
+    finally:
+        await engine.dispose()
+
+
+async def _pg_database(admin_url: str) -> tuple[str, str]:
+    name = f"pilegate_bench_{uuid.uuid4().hex[:8]}"
+    admin = db.create_engine(admin_url)
+    async with admin.connect() as c:
+        await c.execution_options(isolation_level="AUTOCOMMIT")
+        await c.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    return name, admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def _drop(admin_url: str, name: str) -> None:
+    admin = db.create_engine(admin_url)
+    async with admin.connect() as c:
+        await c.execution_options(isolation_level="AUTOCOMMIT")
+        await c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    await admin.dispose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument(
+        "--pg-url",
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        help="an existing database to CREATE/DROP the bench databases from ('' skips)",
+    )
+    args = parser.parse_args()
+    layouts = {"0005 (unique key + ix_meter_values_tx)": "0005", "head (unique key only)": "head"}
+    print(f"{args.rows:,} meter rows in batches of {BATCH:,}")
+    for name, revision in layouts.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            rate = await rows_per_second(
+                f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", revision, args.rows
+            )
+        print(f"SQLite, {name}: {rate:,.0f} rows/s")
+    if args.pg_url:
+        for name, revision in layouts.items():
+            dbname, url = await _pg_database(args.pg_url)
+            try:
+                rate = await rows_per_second(url, revision, args.rows)
+            finally:
+                await _drop(args.pg_url, dbname)
+            print(f"PostgreSQL, {name}: {rate:,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
