@@ -17,14 +17,27 @@ from gateway.ocpp.connection import OcppConnection
 class FakeProtocol:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.debug = False
+        self.writes: list[bytes] = []  # websockets' output not yet written
         self.sent: list[bytes] = []
 
     def send_text(self, data: bytes) -> None:
         self.sent.append(data)
 
 
+def payload_of(frame: bytes) -> bytes:
+    """The payload of a server's unmasked FIN text frame (RFC 6455 §5.2)."""
+    assert frame[0] == 0x81 and not frame[1] & 0x80
+    n, at = frame[1], 2
+    if n == 126:
+        n, at = int.from_bytes(frame[2:4], "big"), 4
+    assert len(frame) == at + n
+    return frame[at:]
+
+
 class FakeTransport:
-    def __init__(self, closing: bool = False) -> None:
+    def __init__(self, owner: FakeWs, closing: bool = False) -> None:
+        self.owner = owner
         self.closing = closing
         self.aborted = False
 
@@ -33,6 +46,9 @@ class FakeTransport:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def write(self, frame: bytes) -> None:
+        self.owner.wrote(payload_of(frame))
 
 
 class FakeWs:
@@ -47,25 +63,35 @@ class FakeWs:
         closing: bool = False,
         pause_after_write: bool = False,
         write_error: Exception | None = None,
+        pending: bool = False,
     ) -> None:
         self.protocol = FakeProtocol(state)
-        self.transport = FakeTransport(closing)
+        if pending:
+            self.protocol.writes.append(b"\x8a\x00")  # a pong websockets queued
+        self.transport = FakeTransport(self, closing)
         self.paused = paused
         self.send_in_progress: Any = object() if in_progress else None
         self.pause_after_write = pause_after_write
         self.write_error = write_error
         self.written: list[bytes] = []
+        self.via_websockets: list[bytes] = []  # protocol.send_text + send_data
         self.via_send: list[str] = []
         self.drained = 0
         self.connection_exc: BaseException | None = None
 
-    def send_data(self) -> None:
+    def wrote(self, payload: bytes) -> None:
         if self.write_error is not None:
             raise self.write_error
-        self.written.extend(self.protocol.sent)
-        self.protocol.sent.clear()
+        self.written.append(payload)
         if self.pause_after_write:
             self.paused = True
+
+    def send_data(self) -> None:
+        self.protocol.writes.clear()
+        for data in self.protocol.sent:
+            self.via_websockets.append(data)
+            self.wrote(data)
+        self.protocol.sent.clear()
 
     async def drain(self) -> None:
         self.drained += 1
@@ -103,7 +129,18 @@ async def test_open_writable_connection_is_written_directly() -> None:
     ws = FakeWs()
     await send(ws, '[3,"1",{"currentTime":"2026-12-04T08:00:00Z"}]')
     assert ws.written == [b'[3,"1",{"currentTime":"2026-12-04T08:00:00Z"}]']
-    assert ws.via_send == [] and ws.drained == 0
+    assert ws.via_send == [] and ws.via_websockets == [] and ws.drained == 0
+    long = "[3,\"1\",{\"x\":\"" + "y" * 300 + "\"}]"  # 16-bit length (RFC 6455 §5.2)
+    await send(ws, long)
+    assert ws.written[-1] == long.encode()
+
+
+async def test_output_websockets_has_waiting_goes_first() -> None:
+    """A pong websockets queued and not yet written stays ahead of the reply:
+    the reply then takes websockets' own frame path."""
+    ws = FakeWs(pending=True)
+    await send(ws)
+    assert ws.via_websockets == [b'[3,"1",{}]'] and ws.protocol.writes == []
 
 
 @pytest.mark.parametrize(

@@ -37,13 +37,14 @@ from protocol.ocpp import (
     encode_error,
     encode_result,
 )
+from protocol.wsframe import text_frame
 from sessions.presence import OfflineReason
 
 from ..registry import CallGate, CommandError, CommandResult
 from ..services import Services
 from ..storage.writer import WriteOp
 from .handlers import FAST_HANDLERS, OcppHandlers
-from .wsconn import OcppServerConnection
+from .wsconn import FRAMING, OcppServerConnection
 
 log = structlog.get_logger("pilegate.ocpp")
 
@@ -192,11 +193,11 @@ class OcppConnection:
             await self._received(raw)
         self._ctx = contextvars.copy_context()  # carries pile_id and conn_id
         ws.connection_lost_waiter.add_done_callback(self._wake, context=self._ctx)
-        ws.sink = self._deliver
+        ws.install_sink(self._deliver)
         try:
             await self._work()
         finally:
-            ws.sink = None
+            ws.remove_sink()
 
     async def _recv_loop(self) -> None:
         # ``recv()`` in a loop rather than ``async for``: the same frames and
@@ -467,8 +468,15 @@ class OcppConnection:
         """Write a text frame now (``_writable()`` must hold); False when the
         write failed and the link was ended, as ``ws.send`` does."""
         ws = self.ws
-        ws.protocol.send_text(text.encode())
+        protocol = ws.protocol
         try:
+            if FRAMING and not protocol.writes and not protocol.debug:
+                # The frame websockets would build (RFC 6455 §5.2: FIN,
+                # text, unmasked), without its Frame object and serializer;
+                # nothing of websockets' is waiting to go out before it.
+                ws.transport.write(text_frame(text.encode()))
+                return True
+            protocol.send_text(text.encode())
             ws.send_data()
         except Exception as exc:
             ws.set_connection_exc(exc)
