@@ -130,7 +130,7 @@ async def test_open_writable_connection_is_written_directly() -> None:
     await send(ws, '[3,"1",{"currentTime":"2026-12-04T08:00:00Z"}]')
     assert ws.written == [b'[3,"1",{"currentTime":"2026-12-04T08:00:00Z"}]']
     assert ws.via_send == [] and ws.via_websockets == [] and ws.drained == 0
-    long = "[3,\"1\",{\"x\":\"" + "y" * 300 + "\"}]"  # 16-bit length (RFC 6455 §5.2)
+    long = '[3,"1",{"x":"' + "y" * 300 + '"}]'  # 16-bit length (RFC 6455 §5.2)
     await send(ws, long)
     assert ws.written[-1] == long.encode()
 
