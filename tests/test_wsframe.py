@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -259,7 +260,7 @@ async def test_a_large_message_still_arriving_is_parsed_by_websockets() -> None:
     data = client(Opcode.TEXT, big) + client(Opcode.TEXT, b"[2]")
     wired.feed(data, list(range(1000, len(data), 1000)))
     assert wired.texts == [big.decode(), "[2]"]
-    assert wired.ws.framing and not wired.ws._held
+    assert wired.ws.framing and not wired.ws._direct.held
 
 
 async def test_close_and_oversize_keep_websockets_close_codes() -> None:
@@ -295,7 +296,7 @@ async def test_bad_utf8_is_left_to_websockets() -> None:
 async def test_a_frame_held_at_eof_reaches_websockets() -> None:
     wired = Wired()
     wired.feed(client(Opcode.TEXT, b"[1]") + client(Opcode.TEXT, b"[2]")[:3], [])
-    assert wired.ws._held
+    assert wired.ws._direct.held
     wired.ws.eof_received()
     assert not wired.ws.framing and wired.ws.protocol.state is State.CLOSED
     assert wired.texts == ["[1]"]
@@ -303,3 +304,15 @@ async def test_a_frame_held_at_eof_reaches_websockets() -> None:
 
 def test_the_installed_websockets_has_what_the_framing_reads() -> None:
     assert wsconn.FRAMING
+
+
+async def test_the_direct_path_adds_one_instance_attribute() -> None:
+    """websockets' connections share their __dict__ keys; a few more
+    attributes per connection un-share it (about 1.3 KiB more per idle
+    charger, scenario 2 of bench/run.py)."""
+    plain = Wired(sink=False)
+    wired = Wired()
+    wired.feed(client(Opcode.TEXT, b"[1]") + client(Opcode.TEXT, b"[2]")[:3], [])
+    assert wired.ws.framing and wired.ws._direct is not None and wired.ws._direct.held
+    assert set(wired.ws.__dict__) - set(plain.ws.__dict__) == {"_direct"}
+    assert sys.getsizeof(wired.ws.__dict__) == sys.getsizeof(plain.ws.__dict__)

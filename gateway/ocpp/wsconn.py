@@ -47,21 +47,45 @@ _AT_EOF = StreamReader.at_eof.__code__
 HOLD_MAX = 65_536
 
 
+class _Direct:
+    """A connection's direct-path state, in one slotted object: websockets'
+    connections share their ``__dict__`` keys, and a few more instance
+    attributes made that dict un-share (about 1.3 KiB more per connection,
+    15.0 -> 16.2 KiB per idle charger in scenario 2)."""
+
+    __slots__ = ("framing", "held", "limit", "sink")
+
+    def __init__(self, sink: Callable[[str | None], None]) -> None:
+        self.sink = sink
+        self.framing = False  # this connection frames text messages itself
+        self.held = b""  # the start of a frame not complete yet (framing only)
+        self.limit: int | None = None  # websockets' max_size
+
+
 class OcppServerConnection(ServerConnection):
-    # Class-level defaults: no per-instance cost until a connection sets them
+    # A class-level default: no per-instance cost until a connection sets it
     # (10,000 idle chargers).
-    sink: Callable[[str | None], None] | None = None
-    framing = False  # this connection frames text messages itself
-    _held = b""  # the start of a frame not complete yet (framing only)
-    _limit: int | None = None
+    _direct: _Direct | None = None
+
+    @property
+    def sink(self) -> Callable[[str | None], None] | None:
+        direct = self._direct
+        return None if direct is None else direct.sink
+
+    @property
+    def framing(self) -> bool:
+        direct = self._direct
+        return direct is not None and direct.framing
 
     def install_sink(self, sink: Callable[[str | None], None]) -> None:
-        self.sink = sink
+        self._direct = _Direct(sink)
         self._start_framing()
 
     def remove_sink(self) -> None:
-        self.sink = None
-        self._stop_framing()
+        direct = self._direct
+        if direct is not None:
+            self._direct = None
+            self._stop_framing(direct)
 
     def _at_frame_boundary(self) -> bool:
         """Whether websockets' parser holds nothing: no buffered bytes, no
@@ -80,46 +104,49 @@ class OcppServerConnection(ServerConnection):
         return getattr(gen, "gi_code", None) is _AT_EOF
 
     def _start_framing(self) -> None:
-        if FRAMING and self.sink is not None and self._at_frame_boundary():
+        direct = self._direct
+        if FRAMING and direct is not None and self._at_frame_boundary():
             protocol = self.protocol
             sizes = [s for s in (protocol.max_message_size, protocol.max_fragment_size) if s]
-            self._limit = min(sizes) if sizes else None
-            self.framing = True
+            direct.limit = min(sizes) if sizes else None
+            direct.framing = True
 
-    def _stop_framing(self) -> None:
+    def _stop_framing(self, direct: _Direct) -> None:
         """Back to websockets' parser, with the bytes held back."""
-        if self.framing:
-            self.framing = False
-            held = self._held
+        if direct.framing:
+            direct.framing = False
+            held = direct.held
             if held:
-                self._held = b""
+                direct.held = b""
                 super().data_received(held)
 
     def data_received(self, data: bytes) -> None:
-        if self.framing:
-            data = self._frames(data)
+        direct = self._direct
+        if direct is not None and direct.framing:
+            data = self._frames(direct, data)
             if not data:
                 return
         super().data_received(data)
-        if self.sink is not None and not self.framing:
+        direct = self._direct
+        if direct is not None and not direct.framing:
             # After a frame websockets parsed (or a sink installed while
             # websockets was inside a frame): take over at the next boundary.
             self._start_framing()
 
-    def _frames(self, data: bytes) -> bytes:
+    def _frames(self, direct: _Direct, data: bytes) -> bytes:
         """Deliver the text messages at the start of ``data``; returns the
         bytes websockets' parser must take (framing is then off), or b""."""
-        held = self._held
+        held = direct.held
         if held:
             data = held + data
-            self._held = b""
+            direct.held = b""
         protocol = self.protocol
-        limit = self._limit
+        limit = direct.limit
+        sink = direct.sink
         pos = 0
         n = len(data)
         while pos < n:
-            sink = self.sink
-            if sink is None or protocol.state is not State.OPEN:
+            if self._direct is not direct or protocol.state is not State.OPEN:
                 break
             kind, mask_at, end = next_frame(data, pos, limit)
             if kind == TEXT:
@@ -135,7 +162,7 @@ class OcppServerConnection(ServerConnection):
                 super().data_received(data[pos:end])
                 pos = end
             elif kind == NEED_MORE and n - pos <= HOLD_MAX:
-                self._held = data[pos:]
+                direct.held = data[pos:]
                 return b""
             else:
                 # Not a plain text message, or a large one still arriving:
@@ -143,18 +170,20 @@ class OcppServerConnection(ServerConnection):
                 break
         else:
             return b""
-        self.framing = False
+        direct.framing = False
         return data[pos:]
 
     def eof_received(self) -> None:
-        self._stop_framing()
+        direct = self._direct
+        if direct is not None:
+            self._stop_framing(direct)
         super().eof_received()
 
     def process_event(self, event: Event) -> None:
         # Frames websockets parsed while a sink is installed: before the
         # framing took over, control frames, and those _frames leaves to it.
-        sink = self.sink
-        if sink is not None and type(event) is Frame:
+        direct = self._direct
+        if direct is not None and type(event) is Frame:
             opcode = event.opcode
             if opcode is Opcode.TEXT and event.fin:
                 try:
@@ -162,9 +191,9 @@ class OcppServerConnection(ServerConnection):
                 except UnicodeDecodeError:
                     pass  # websockets' path closes with 1007
                 else:
-                    sink(text)
+                    direct.sink(text)
                     return
             if opcode in DATA_OPCODES:
-                self.sink = None
-                sink(None)
+                self._direct = None
+                direct.sink(None)
         super().process_event(event)
