@@ -34,8 +34,10 @@ PILES = [f"4420000001{i:010d}" for i in range(100)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _batch(first: int, total: int) -> list[dict[str, object]]:
-    # 100 piles, each in its own transaction, 4 measurands per timestamp.
+def meter_rows(first: int, total: int) -> list[dict[str, object]]:
+    """Rows ``first`` to ``first + BATCH`` (at most ``total``) of the bench's
+    meter load: 100 piles, each in its own transaction, 4 measurands per
+    timestamp (bench/sqlite_pragmas.py writes the same rows)."""
     return [
         {
             "pile_id": PILES[(k // 4) % 100],
@@ -81,7 +83,7 @@ async def rows_per_second(url: str, revision: str, total: int) -> float:
         sessions = db.session_factory(engine)
         spent = 0.0
         for first in range(0, total, BATCH):
-            batch = _batch(first, total)
+            batch = meter_rows(first, total)
             started = time.perf_counter()
             async with sessions() as s, s.begin():
                 await executemany(s, statements_for(s).meter_values, batch)

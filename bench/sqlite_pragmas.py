@@ -16,18 +16,15 @@ import argparse
 import sqlite3
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from meter_index import BATCH, meter_rows
 from sqlalchemy import create_engine
 from sqlalchemy.dialects import sqlite
 
 from gateway.storage.db import SQLITE_CACHE_MIB, SQLITE_WAL_AUTOCHECKPOINT
 from gateway.storage.models import Base
 from gateway.storage.rawsql import RawStatements
-
-MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage")
-BATCH = 5_000
 
 
 def rows_per_second(path: Path, pragmas: list[str], total: int) -> float:
@@ -38,28 +35,9 @@ def rows_per_second(path: Path, pragmas: list[str], total: int) -> float:
     for pragma in ["journal_mode=WAL", "synchronous=NORMAL", *pragmas]:
         con.execute(f"PRAGMA {pragma}")
     stmt = RawStatements(sqlite.dialect()).meter_values
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    piles = [f"4420000001{i:010d}" for i in range(100)]
     spent = 0.0
     for first in range(0, total, BATCH):
-        batch = [
-            {
-                "pile_id": piles[k % 100],
-                "connector_id": 1,
-                "transaction_key": k % 977,
-                "at": t0 + timedelta(seconds=k // 4),
-                "measurand": MEASURANDS[k % 4],
-                "phase": "",
-                "unit": "Wh",
-                "context": "Sample.Periodic",
-                "location": "Outlet",
-                "format": "Raw",
-                "value": str(k),
-                "value_num": float(k),
-                "received_at": t0 + timedelta(seconds=k // 4),
-            }
-            for k in range(first, min(first + BATCH, total))
-        ]
+        batch = meter_rows(first, total)
         params = stmt.rows(batch)
         started = time.perf_counter()
         con.execute("BEGIN")

@@ -21,17 +21,23 @@ from gateway.storage.writer import insert_ignore
 
 PILE = "11010100011000000001"
 T0 = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
-NEW_KEY = [
+# The key as the model declares it: the migrated database must have exactly
+# this column order (alembic's compare_metadata does not look at the order).
+NEW_KEY = next(
+    [c.name for c in con.columns]
+    for con in MeterValue.__table__.constraints
+    if con.name == "uq_meter_values_sample"
+)
+OLD_KEY = [
     "pile_id",
-    "transaction_key",
     "connector_id",
+    "transaction_key",
     "at",
     "measurand",
     "phase",
     "location",
     "context",
 ]
-OLD_KEY = ["pile_id", "connector_id", "transaction_key", *NEW_KEY[3:]]
 
 
 def _sample(tx: int, at: datetime, measurand: str = "Energy.Active.Import.Register") -> dict:
