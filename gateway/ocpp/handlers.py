@@ -69,11 +69,42 @@ def model_kind_evidence(
     return {"source": "model_kinds", "model": model, "reported_kind": declared}
 
 
-def parse_time(text: str) -> datetime:
+def parse_time(text: str, field: str = "timestamp") -> datetime:
     """An OCPP dateTime (RFC 3339). Naive times are taken as UTC, as most
-    firmware that omits the offset means it."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    firmware that omits the offset means it.
+
+    The schemas' date-time format lets through two things ``datetime``
+    cannot read: a leap second (RFC 3339 §5.6 ``time-second`` 60), read as
+    the last microsecond of its minute, and digits that are not ASCII
+    (fastjsonschema's pattern uses ``\\d``), refused with
+    PropertyConstraintViolation naming ``field`` (OCPP-J 1.6 §4.2.3) instead
+    of an InternalError from the handler."""
+    iso = text.replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        value = datetime.fromisoformat(iso)
+    except ValueError:
+        leap = _leap_second(iso)
+        if leap is None:
+            raise OcppError(
+                ErrorCode.PropertyConstraintViolation,
+                f"{field}: {text[:64]!r} is not an RFC 3339 date-time",
+                {"field": field, "rule": "format", "value": text[:64]},
+            ) from None
+        value = leap
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _leap_second(iso: str) -> datetime | None:
+    """``YYYY-MM-DDTHH:MM:60[.frac][offset]`` as ``HH:MM:59.999999``."""
+    if not iso.isascii() or len(iso) < 19 or iso[16:19] != ":60":
+        return None
+    rest = iso[19:]
+    if rest.startswith("."):
+        rest = rest[1:].lstrip("0123456789")
+    try:
+        return datetime.fromisoformat(f"{iso[:16]}:59.999999{rest}")
+    except ValueError:
+        return None
 
 
 def iso(dt: datetime) -> str:
@@ -316,12 +347,17 @@ class OcppHandlers:
         return {"transactionId": tx.id, "idTagInfo": id_tag_info(status, token)}
 
     def _samples(
-        self, meter_values: list[dict[str, Any]], connector: int, tx_key: int, now: datetime
+        self,
+        meter_values: list[dict[str, Any]],
+        connector: int,
+        tx_key: int,
+        now: datetime,
+        field: str = "meterValue",
     ) -> list[MeterSampleOp]:
         out: list[MeterSampleOp] = []
         pile_id = self.conn.pile_id
-        for mv in meter_values:
-            at = parse_time(mv["timestamp"])
+        for i, mv in enumerate(meter_values):
+            at = parse_time(mv["timestamp"], f"{field}[{i}].timestamp")
             for sv in mv["sampledValue"]:
                 value = sv["value"]
                 measurand = sv.get("measurand", "Energy.Active.Import.Register")
@@ -354,7 +390,11 @@ class OcppHandlers:
         known_here = known is not None and known.pile_id == self.conn.pile_id
         connector = known.connector_id if known is not None and known_here else 0
         samples = self._samples(
-            p.get("transactionData") or [], connector, tx_id if known_here else 0, now
+            p.get("transactionData") or [],
+            connector,
+            tx_id if known_here else 0,
+            now,
+            "transactionData",
         )
         rec = await s.writer.call(
             lambda session: s.store.stop_transaction_in(
