@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.app import Gateway
 from gateway.ocpp.handlers import parse_time
@@ -60,7 +61,7 @@ def _mv(at: str, wh: int) -> dict[str, object]:
 async def test_a_charger_gets_a_clear_error_and_the_leap_second_is_stored(gw: Gateway) -> None:
     cp = await ChargePoint.connect(gw.ocpp_port, AC)
     await cp.boot()
-    with pytest.raises(CallError) as exc:
+    with capture_logs() as logs, pytest.raises(CallError) as exc:
         await cp.call(
             "StatusNotification",
             {
@@ -72,6 +73,9 @@ async def test_a_charger_gets_a_clear_error_and_the_leap_second_is_stored(gw: Ga
         )
     assert exc.value.code == "PropertyConstraintViolation"
     assert exc.value.details["field"] == "timestamp"
+    # Refused quietly by the direct path (no traceback), answered by the
+    # receive task.
+    assert [e["event"] for e in logs if e["log_level"] in ("error", "exception")] == []
     with pytest.raises(CallError) as exc:
         await cp.call(
             "MeterValues",

@@ -284,7 +284,12 @@ class OcppConnection:
             self.validator.validate_request(action, msg.payload)
         except OcppError:
             return False
-        reply = fast(self.handlers, msg.payload)
+        try:
+            reply = fast(self.handlers, msg.payload)
+        except OcppError:
+            # Refused before anything was enqueued (a connectorId over 999,
+            # an unreadable timestamp): the receive task answers the CALLERROR.
+            return False
         if reply is None:
             return False
         # From here on the frame is handled: as _on_call's success path.
