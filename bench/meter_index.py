@@ -9,20 +9,24 @@ write-behind queue does: batches of 5,000 rows, one transaction each, the
 gateway's compiled INSERT ... ON CONFLICT DO NOTHING through the driver's
 executemany (gateway/storage/rawsql.py). It prints rows/s for each.
 
-    .venv/bin/python bench/meter_index.py [--rows 400000] [--pg-url URL]
+    .venv/bin/python bench/meter_index.py [--rows 400000] [--pg-admin-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import insert, text
+from run import _pg
+from sqlalchemy import insert
 
 from gateway.storage import db
 from gateway.storage.models import Pile
@@ -93,30 +97,27 @@ async def rows_per_second(url: str, revision: str, total: int) -> float:
         await engine.dispose()
 
 
-async def _pg_database(admin_url: str) -> tuple[str, str]:
+@contextlib.asynccontextmanager
+async def _pg_database(admin_url: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database next to ``admin_url`` (bench/run.py's
+    ``_pg`` creates and drops it); yields its SQLAlchemy URL."""
     name = f"pilegate_bench_{uuid.uuid4().hex[:8]}"
-    admin = db.create_engine(admin_url)
-    async with admin.connect() as c:
-        await c.execution_options(isolation_level="AUTOCOMMIT")
-        await c.execute(text(f'CREATE DATABASE "{name}"'))
-    await admin.dispose()
-    return name, admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-async def _drop(admin_url: str, name: str) -> None:
-    admin = db.create_engine(admin_url)
-    async with admin.connect() as c:
-        await c.execution_options(isolation_level="AUTOCOMMIT")
-        await c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    await admin.dispose()
+    await _pg(admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        yield f"{base}/{name}"
+    finally:
+        await _pg(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument(
-        "--pg-url",
-        default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        "--pg-admin-url",
+        default=os.environ.get(
+            "PILEGATE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
         help="an existing database to CREATE/DROP the bench databases from ('' skips)",
     )
     args = parser.parse_args()
@@ -128,13 +129,10 @@ async def main() -> None:
                 f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", revision, args.rows
             )
         print(f"SQLite, {name}: {rate:,.0f} rows/s")
-    if args.pg_url:
+    if args.pg_admin_url:
         for name, revision in layouts.items():
-            dbname, url = await _pg_database(args.pg_url)
-            try:
+            async with _pg_database(args.pg_admin_url) as url:
                 rate = await rows_per_second(url, revision, args.rows)
-            finally:
-                await _drop(args.pg_url, dbname)
             print(f"PostgreSQL, {name}: {rate:,.0f} rows/s")
 
 

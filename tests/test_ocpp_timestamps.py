@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
 from gateway.ocpp.handlers import parse_time
+from gateway.storage.models import MeterValue
 from protocol.ocpp import ErrorCode, OcppError
 from tests.support.gateway import api_client, flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint
@@ -98,11 +100,7 @@ async def test_a_charger_gets_a_clear_error_and_the_leap_second_is_stored(gw: Ga
         pile = (await api.get(f"/api/piles/{AC}")).json()
     assert pile["online"] is True
     assert gw.store is not None
-    async with gw.store._sessions() as s:
-        from sqlalchemy import select
-
-        from gateway.storage.models import MeterValue
-
+    async with gw.store.sessions() as s:
         rows = (await s.execute(select(MeterValue.at, MeterValue.value))).all()
     assert [(at.astimezone(UTC), value) for at, value in rows] == [
         (datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "30")

@@ -474,14 +474,15 @@ class OcppConnection:
         write failed and the link was ended, as ``ws.send`` does."""
         ws = self.ws
         protocol = ws.protocol
+        data = text.encode()
         try:
             if FRAMING and not protocol.writes and not protocol.debug:
                 # The frame websockets would build (RFC 6455 §5.2: FIN,
                 # text, unmasked), without its Frame object and serializer;
                 # nothing of websockets' is waiting to go out before it.
-                ws.transport.write(text_frame(text.encode()))
+                ws.transport.write(text_frame(data))
                 return True
-            protocol.send_text(text.encode())
+            protocol.send_text(data)
             ws.send_data()
         except Exception as exc:
             ws.set_connection_exc(exc)

@@ -417,7 +417,8 @@ def _compiled(version: str, action: str, direction: Direction, lenient: bool) ->
         if file_name is None:
             return None
         used: set[str] = set()
-        schema = _prepare(_load_schema(version, file_name), used)
+        original = _load_schema(version, file_name)
+        schema = _prepare(original, used)
         check = fastjsonschema.compile(
             schema,
             handlers=_NO_REMOTE,
@@ -427,7 +428,7 @@ def _compiled(version: str, action: str, direction: Direction, lenient: bool) ->
             fast_fail=not lenient,
         )
         if not lenient:
-            check = _prefiltered(check, _load_schema(version, file_name))
+            check = _prefiltered(check, original)
         _COMPILED[key] = check
     return check
 
