@@ -220,7 +220,10 @@ class SimulatedCharger:
         the loop look at the model again now."""
         self._poked = True
         cm = self._cm
-        if cm is not None:
+        # A timeout that has already fired (EXPIRING: the task is cancelled
+        # but has not resumed) cannot be rescheduled; the loop wakes anyway
+        # and sees _poked, so there is nothing more to do.
+        if cm is not None and not cm.expired():
             cm.reschedule(asyncio.get_running_loop().time())
 
     # --- the loop --------------------------------------------------------------------------

@@ -252,3 +252,33 @@ async def test_firmware_update_over_real_sockets() -> None:
     assert central.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
     assert central.boots == ["DLH_XD32E_201110002", "DLH_XD32E_210521003"]
     assert sc.model.links == 2
+
+
+async def test_a_poke_while_the_wait_is_timing_out_is_not_an_error() -> None:
+    """A user action (a flap, a plug) can land between the wait's timeout
+    firing and the charger's task resuming; the poke must not raise (CI saw
+    'Cannot change state of expiring Timeout' fail a scenario's flap step)."""
+    sim = SimulatedCharger(ChargerConfig(pile_id=PILE), "ws://127.0.0.1:9/ocpp")
+    loop = asyncio.get_running_loop()
+    outcome: list[BaseException | None] = []
+
+    def poke_now() -> None:
+        try:
+            sim.poke()
+            outcome.append(None)
+        except BaseException as e:  # the test records what poke raised
+            outcome.append(e)
+
+    async def wait() -> None:
+        # Entering a timeout already due schedules its expiry with call_soon;
+        # the poke is scheduled right after it, so it runs with the timeout
+        # EXPIRING and the task not yet resumed, as in the field.
+        async with asyncio.timeout_at(loop.time()) as cm:
+            sim._cm = cm
+            loop.call_soon(poke_now)
+            await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await wait()
+    assert outcome == [None]
+    assert sim._poked
