@@ -322,12 +322,12 @@ async def test_a_failed_download_is_retried_after_backoff(gw: Gateway) -> None:
             image_id=image["id"],
             targets=[pile(2)],
             retries={"max_attempts": 3, "backoff_seconds": 0.2, "backoff_factor": 1},
-            timeouts={"download_seconds": 0.5, "install_seconds": 5, "reboot_seconds": 5},
+            timeouts={"download_seconds": 2, "install_seconds": 5, "reboot_seconds": 5},
         )
         task = await wait_task(gw, api, task["id"], finished)
         row = row_of(task, pile(2))
         assert (row["state"], row["attempts"], row["sends"]) == ("verified", 3, 3)
-        assert row["last_error"] == "download timed out after 0.5 s (attempt 2 of 3)"
+        assert row["last_error"] == "download timed out after 2 s (attempt 2 of 3)"
         events = (await api.get(f"/api/firmware/tasks/{task['id']}/events?pile={pile(2)}")).json()
         path = [e["to_state"] for e in events]
         assert path.count("retry_wait") == 2 and path[-1] == "verified"
