@@ -589,7 +589,7 @@ HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
 
 
 def _sample_row(op: MeterSampleOp) -> dict[str, Any]:
-    return {name: getattr(op, name) for name in op.__slots__}
+    return op._asdict()
 
 
 def _boot_inc() -> Any:
