@@ -1,13 +1,15 @@
-"""meter_values indexes: sample rows per second, before and after migration 0006.
+"""meter_values layouts: sample rows per second at migrations 0005, 0006 and 0007.
 
 Migration 0006 replaced the unique key (pile_id, connector_id,
 transaction_key, at, ...) plus the index (transaction_key, at) by one unique
-key on the same columns led by (pile_id, transaction_key). This writes the
-same meter rows into a database migrated to 0005 (two indexes) and one
-migrated to head (one), on SQLite and on PostgreSQL, in one run, the way the
+key on the same columns led by (pile_id, transaction_key). Migration 0007
+made that key the primary key, without the surrogate id (a WITHOUT ROWID
+table on SQLite). This writes the same meter rows into a database migrated
+to each, on SQLite and on PostgreSQL, in one run, the way the
 write-behind queue does: batches of 5,000 rows, one transaction each, the
 gateway's compiled INSERT ... ON CONFLICT DO NOTHING through the driver's
-executemany (gateway/storage/rawsql.py). It prints rows/s for each.
+executemany (gateway/storage/rawsql.py). It prints rows/s for each, and on
+SQLite the size of the database file (with its WAL) afterwards.
 
     .venv/bin/python bench/meter_index.py [--rows 400000] [--pg-admin-url URL]
 """
@@ -63,6 +65,7 @@ def meter_rows(first: int, total: int) -> list[dict[str, object]]:
 
 
 async def rows_per_second(url: str, revision: str, total: int) -> float:
+    """Sample rows written per second into a database migrated to ``revision``."""
     engine = db.create_engine(url)
     try:
         await db.upgrade(engine, revision)
@@ -97,6 +100,11 @@ async def rows_per_second(url: str, revision: str, total: int) -> float:
         await engine.dispose()
 
 
+def _disk_bytes(directory: str) -> int:
+    """The database file and its WAL (the bench's event loop runs nothing else)."""
+    return sum(f.stat().st_size for f in Path(directory).iterdir())
+
+
 @contextlib.asynccontextmanager
 async def _pg_database(admin_url: str) -> AsyncIterator[str]:
     """A fresh PostgreSQL database next to ``admin_url`` (bench/run.py's
@@ -121,14 +129,18 @@ async def main() -> None:
         help="an existing database to CREATE/DROP the bench databases from ('' skips)",
     )
     args = parser.parse_args()
-    layouts = {"0005 (unique key + ix_meter_values_tx)": "0005", "head (unique key only)": "head"}
+    layouts = {
+        "0005 (id, unique key, ix_meter_values_tx)": "0005",
+        "0006 (id, unique key)": "0006",
+        "0007 = head (the key is the primary key)": "head",
+    }
     print(f"{args.rows:,} meter rows in batches of {BATCH:,}")
     for name, revision in layouts.items():
         with tempfile.TemporaryDirectory() as tmp:
-            rate = await rows_per_second(
-                f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", revision, args.rows
-            )
-        print(f"SQLite, {name}: {rate:,.0f} rows/s")
+            path = Path(tmp) / "b.db"
+            rate = await rows_per_second(f"sqlite+aiosqlite:///{path}", revision, args.rows)
+            size = _disk_bytes(tmp)
+        print(f"SQLite, {name}: {rate:,.0f} rows/s, {size / 2**20:,.0f} MiB on disk")
     if args.pg_admin_url:
         for name, revision in layouts.items():
             async with _pg_database(args.pg_admin_url) as url:

@@ -1,6 +1,7 @@
-"""meter_values has one index, its unique key (migration 0006): the rows and
-the duplicate rule survive the migration, and both readers search the key
-instead of scanning the table."""
+"""meter_values has one index, its sample key (migration 0006), and that key
+is the primary key, without a surrogate id (0007; a WITHOUT ROWID table on
+SQLite): the rows and the duplicate rule survive both migrations and their
+downgrades, and both readers search the key instead of scanning the table."""
 
 from __future__ import annotations
 
@@ -23,11 +24,7 @@ PILE = "11010100011000000001"
 T0 = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
 # The key as the model declares it: the migrated database must have exactly
 # this column order (alembic's compare_metadata does not look at the order).
-NEW_KEY = next(
-    [c.name for c in con.columns]
-    for con in MeterValue.__table__.constraints
-    if con.name == "uq_meter_values_sample"
-)
+KEY = [c.name for c in MeterValue.__table__.primary_key.columns]
 OLD_KEY = [
     "pile_id",
     "connector_id",
@@ -126,10 +123,10 @@ async def test_0006_keeps_the_samples_and_the_duplicate_rule(database_url: str) 
             uniques, indexes = await c.run_sync(_shape)
         assert uniques == [OLD_KEY] and "ix_meter_values_tx" in indexes
 
-        assert await db.upgrade(engine) == db.head_revision()
+        assert await db.upgrade(engine, "0006") == "0006"
         async with engine.connect() as c:
             uniques, indexes = await c.run_sync(_shape)
-        assert uniques == [NEW_KEY]
+        assert uniques == [KEY]
         assert "ix_meter_values_tx" not in indexes
         assert await _count(engine) == 6
 
@@ -165,6 +162,83 @@ async def test_0006_keeps_the_samples_and_the_duplicate_rule(database_url: str) 
         await engine.dispose()
 
 
+def _key_shape(conn: Connection) -> tuple[list[str], list[str], list[list[str]], str]:
+    """(primary key, columns, unique constraints, SQLite's CREATE TABLE or '')."""
+    insp = inspect(conn)
+    pk = list(insp.get_pk_constraint("meter_values")["constrained_columns"])
+    columns = [str(c["name"]) for c in insp.get_columns("meter_values")]
+    uniques = [list(u["column_names"]) for u in insp.get_unique_constraints("meter_values")]
+    ddl = ""
+    if conn.dialect.name == "sqlite":
+        ddl = str(
+            conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'meter_values'"
+            ).scalar_one()
+        )
+    return pk, columns, uniques, ddl
+
+
+async def _ids(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as c:
+        return [int(i) for i in (await c.exec_driver_sql("SELECT id FROM meter_values")).scalars()]
+
+
+async def test_0007_makes_the_key_the_primary_key_and_keeps_the_samples(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        await db.upgrade(engine, "0006")
+        tx = await _seed(engine)
+        async with engine.connect() as c:
+            pk, columns, uniques, ddl = await c.run_sync(_key_shape)
+        assert pk == ["id"] and uniques == [KEY]
+
+        assert await db.upgrade(engine) == db.head_revision()
+        async with engine.connect() as c:
+            pk, columns, uniques, ddl = await c.run_sync(_key_shape)
+        assert pk == KEY
+        assert "id" not in columns and uniques == []
+        if engine.dialect.name == "sqlite":
+            assert ddl.rstrip().endswith("WITHOUT ROWID"), ddl
+        assert await _count(engine) == 6
+        store = Store(engine)
+        assert len(await store.meter_values(tx)) == 4
+
+        # The primary key now decides what is a retransmission: the same
+        # samples as before the migration are ignored, a new one is stored.
+        sessions = db.session_factory(engine)
+        async with sessions() as s, s.begin():
+            await s.execute(
+                insert_ignore(
+                    s,
+                    MeterValue,
+                    [_sample(tx, T0), _sample(0, T0 + timedelta(hours=1)), _sample(tx, T0, "SoC")],
+                )
+            )
+        assert await _count(engine) == 7
+
+        # Down again: every row gets an id back, and the key is unique again.
+        async with engine.begin() as c:
+            await c.run_sync(_downgrade, "0006")
+        async with engine.connect() as c:
+            pk, columns, uniques, ddl = await c.run_sync(_key_shape)
+        assert pk == ["id"] and uniques == [KEY]
+        assert "WITHOUT ROWID" not in ddl
+        ids = await _ids(engine)
+        assert len(ids) == 7 and len(set(ids)) == 7
+        # The id keeps counting for new rows.
+        async with sessions() as s, s.begin():
+            await s.execute(insert_ignore(s, MeterValue, [_sample(tx, T0, "Voltage")]))
+        ids_after = await _ids(engine)
+        assert len(ids_after) == 8 and max(ids_after) > max(ids)
+        assert await db.upgrade(engine) == db.head_revision()
+        assert await _count(engine) == 8
+        await store.close()
+    finally:
+        await engine.dispose()
+
+
 @contextmanager
 def _captured(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
     seen: list[tuple[str, Any]] = []
@@ -192,7 +266,7 @@ async def _plan(engine: AsyncEngine, statement: str, params: Any) -> str:
         return "\n".join(str(r[0]) for r in rows)
 
 
-async def test_both_readers_search_the_unique_key(database_url: str) -> None:
+async def test_both_readers_search_the_key(database_url: str) -> None:
     engine = db.create_engine(database_url)
     try:
         await db.upgrade(engine)
@@ -217,11 +291,11 @@ async def test_both_readers_search_the_unique_key(database_url: str) -> None:
             if engine.dialect.name == "sqlite":
                 # The key's automatic index, searched on its leading columns.
                 assert "SCAN meter_values" not in plan, plan
-                assert "SEARCH meter_values USING INDEX sqlite_autoindex_meter_values" in plan
+                assert "SEARCH meter_values USING PRIMARY KEY" in plan, plan
                 assert "pile_id=? AND transaction_key=?" in plan, plan
             else:
                 assert "Seq Scan on meter_values" not in plan, plan
-                assert "uq_meter_values_sample" in plan, plan
+                assert "pk_meter_values" in plan, plan
         assert len(await store.meter_values(tx)) == 6
         await store.close()
     finally:

@@ -124,7 +124,7 @@ async def test_batch_rows_read_back_as_written(store: Store) -> None:
     await writer.flush()
 
     async with store.sessions() as s:
-        meters = (await s.scalars(select(MeterValue).order_by(MeterValue.id))).all()
+        meters = (await s.scalars(select(MeterValue).order_by(MeterValue.measurand))).all()
         events = (await s.scalars(select(GunStatusEvent).order_by(GunStatusEvent.id))).all()
         outbox = (await s.scalars(select(OutboxEvent).order_by(OutboxEvent.id))).all()
         last_seen = await s.scalar(select(Pile.last_seen).where(Pile.pile_id == PILE))
@@ -132,8 +132,8 @@ async def test_batch_rows_read_back_as_written(store: Store) -> None:
     # Two energy samples differ by format and value, but the unique key is
     # (pile, connector, transaction, at, measurand, phase, location, context).
     assert [(m.measurand, m.value, m.value_num, m.phase, m.unit) for m in meters] == [
-        ("Energy.Active.Import.Register", "1234.5", 1234.5, "", "Wh"),
         ("Current.Import", "16.2", 16.2, "L1", "A"),
+        ("Energy.Active.Import.Register", "1234.5", 1234.5, "", "Wh"),
     ]
     assert all(m.at == T0 and m.received_at == T0 + timedelta(seconds=1) for m in meters)
     assert all(m.transaction_key == 7 and m.context == "Sample.Periodic" for m in meters)

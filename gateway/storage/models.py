@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -234,14 +235,16 @@ class MeterValue(Base):
     NULLs never collide in a unique index."""
 
     __tablename__ = "meter_values"
-    # One index only: the unique key, led by (pile_id, transaction_key) so
-    # that it also serves both readers, a transaction's curve (pile_id,
-    # transaction_key) and a gun's samples outside any transaction (pile_id,
-    # transaction_key 0, connector_id, at range). A second index on
-    # (transaction_key, at) cost every sample insert a third B-tree update
-    # (migration 0006; docs/benchmarks.md "One index on meter_values").
+    # The sample key is the primary key and the only index, led by
+    # (pile_id, transaction_key) so that it serves both readers, a
+    # transaction's curve (pile_id, transaction_key) and a gun's samples
+    # outside any transaction (pile_id, transaction_key 0, connector_id, at
+    # range). There is no surrogate id: nothing reads samples by id, and
+    # without it SQLite keeps the table as one B-tree (WITHOUT ROWID) and
+    # PostgreSQL one index (migrations 0006 and 0007; docs/benchmarks.md
+    # "One index on meter_values", "The key is the primary key").
     __table_args__ = (
-        UniqueConstraint(
+        PrimaryKeyConstraint(
             "pile_id",
             "transaction_key",
             "connector_id",
@@ -250,11 +253,11 @@ class MeterValue(Base):
             "phase",
             "location",
             "context",
-            name="uq_meter_values_sample",
+            name="pk_meter_values",
         ),
+        {"sqlite_with_rowid": False},
     )
 
-    id: Mapped[int] = mapped_column(_BIGID, primary_key=True, autoincrement=True)
     pile_id: Mapped[str] = mapped_column(
         String(20), ForeignKey("piles.pile_id", ondelete="CASCADE")
     )

@@ -692,7 +692,13 @@ class Store:
             rows = await s.scalars(
                 select(MeterValue)
                 .where(MeterValue.transaction_key == transaction_id, MeterValue.pile_id == pile_id)
-                .order_by(MeterValue.at, MeterValue.measurand, MeterValue.phase, MeterValue.id)
+                .order_by(
+                    MeterValue.at,
+                    MeterValue.measurand,
+                    MeterValue.phase,
+                    MeterValue.location,
+                    MeterValue.context,
+                )
             )
             return [_copy(MeterValueRecord, r) for r in rows]
 
