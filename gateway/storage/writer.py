@@ -178,6 +178,10 @@ class WriteBehind:
         self._batch_max = batch_max
         self._interval = flush_interval
         self._metrics = metrics
+        if metrics is not None:
+            # Read at scrape time: a Gauge.set per enqueued message took a
+            # lock each time.
+            metrics.storage_queue_depth.set_function(lambda: self._queued_ops)
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -214,7 +218,6 @@ class WriteBehind:
         self._queue.append(ops)
         self._queued_ops += len(ops)
         self._enqueued += 1
-        self._report_depth()
         if self._queued_ops >= self._batch_max or any(type(op) is DurableOp for op in ops):
             self._wakeup.set()
 
@@ -311,7 +314,6 @@ class WriteBehind:
             self._queued_ops -= len(batch)
             if self._metrics is not None:
                 self._metrics.storage_flush_seconds.observe(time.perf_counter() - started)
-            self._report_depth()
             if self._queued_ops < self._max_items:
                 self._space.set()
             async with self._flushed:
@@ -319,10 +321,6 @@ class WriteBehind:
                 self._flushed.notify_all()
             if self.on_flush is not None:
                 self.on_flush()
-
-    def _report_depth(self) -> None:
-        if self._metrics is not None:
-            self._metrics.storage_queue_depth.set(self._queued_ops)
 
     async def _write(
         self, batch: list[WriteOp], seen: dict[str, datetime]
