@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from gateway.app import Gateway
+from gateway.storage.models import Gun, GunStatusEvent
 from tests.support.gateway import api_client, flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint, now_iso
 
@@ -113,6 +115,103 @@ async def test_full_charge_with_meter_values(gw: Gateway) -> None:
         assert [x["id"] for x in listed] == [tx]
         pile = (await api.get(f"/api/piles/{AC}")).json()
         assert pile["guns"][0]["gun_id"] == AC + "001" and pile["guns"][0]["status"] == "Preparing"
+    await cp.close()
+
+
+async def test_every_sampled_value_field_lands_in_its_own_column(gw: Gateway) -> None:
+    """Each optional field of a SampledValue set to a distinct value, through
+    MeterValues (the direct path) and StopTransaction's transactionData: the
+    stored sample has each one in its place."""
+    await put_token(gw, "CARD0009")
+    cp = await ChargePoint.connect(gw.ocpp_port, AC)
+    await cp.boot()
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    start = await cp.call(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "CARD0009", "meterStart": 0, "timestamp": now_iso(t0)},
+    )
+    tx = start["transactionId"]
+
+    def sample(value: str) -> dict:
+        return {
+            "value": value,
+            "context": "Sample.Clock",
+            "format": "Raw",
+            "measurand": "Current.Import",
+            "phase": "L2",
+            "location": "Inlet",
+            "unit": "A",
+        }
+
+    await cp.call(
+        "MeterValues",
+        {
+            "connectorId": 1,
+            "transactionId": tx,
+            "meterValue": [{"timestamp": now_iso(t0), "sampledValue": [sample("12.5")]}],
+        },
+    )
+    at_stop = t0 + timedelta(minutes=1)
+    await cp.call(
+        "StopTransaction",
+        {
+            "transactionId": tx,
+            "meterStop": 10,
+            "timestamp": now_iso(at_stop),
+            "transactionData": [{"timestamp": now_iso(at_stop), "sampledValue": [sample("x7")]}],
+        },
+    )
+    await flushed(gw)
+    async with api_client(gw) as api:
+        curve = (await api.get(f"/api/transactions/{tx}/meter-values")).json()["samples"]
+    fields = ("measurand", "phase", "unit", "context", "location", "format", "value", "value_num")
+    assert [tuple(x[f] for f in fields) for x in curve] == [
+        ("Current.Import", "L2", "A", "Sample.Clock", "Inlet", "Raw", "12.5", 12.5),
+        ("Current.Import", "L2", "A", "Sample.Clock", "Inlet", "Raw", "x7", None),
+    ]
+    assert [x["connector_id"] for x in curve] == [1, 1]
+    await cp.close()
+
+
+async def test_every_status_notification_field_lands_in_its_own_column(gw: Gateway) -> None:
+    cp = await ChargePoint.connect(gw.ocpp_port, AC)
+    await cp.boot()
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    await cp.call(
+        "StatusNotification",
+        {
+            "connectorId": 2,
+            "errorCode": "GroundFailure",
+            "info": "leak 30 mA",
+            "status": "Faulted",
+            "timestamp": now_iso(at),
+            "vendorId": "DLH",
+            "vendorErrorCode": "E042",
+        },
+    )
+    await flushed(gw)
+    async with gw.store.sessions() as s:
+        event = (await s.scalars(select(GunStatusEvent))).one()
+        gun = (await s.scalars(select(Gun))).one()
+    assert (
+        event.pile_id,
+        event.connector_id,
+        event.status,
+        event.error_code,
+        event.info,
+        event.vendor_id,
+        event.vendor_error_code,
+        event.at,
+    ) == (AC, 2, "Faulted", "GroundFailure", "leak 30 mA", "DLH", "E042", at)
+    assert event.received_at > at
+    assert (gun.gun_id, gun.status, gun.error_code, gun.info, gun.vendor_error_code) == (
+        AC + "002",
+        "Faulted",
+        "GroundFailure",
+        "leak 30 mA",
+        "E042",
+    )
+    assert gun.status_at == at
     await cp.close()
 
 
