@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 
@@ -86,6 +88,38 @@ def test_sqlite_datetime_is_what_sqlalchemy_writes(value: datetime) -> None:
     to_text = sqlite.DATETIME().bind_processor(d)
     assert to_text is not None
     assert sqlite_datetime(value) == to_text(UTCDateTime().process_bind_param(value, d))
+
+
+def _sqlalchemy_text(value: datetime) -> str:
+    d = sqlite.dialect()
+    to_text = sqlite.DATETIME().bind_processor(d)
+    assert to_text is not None
+    text = to_text(UTCDateTime().process_bind_param(value, d))
+    assert isinstance(text, str)
+    return text
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),
+        max_value=datetime(9998, 12, 31),
+        timezones=st.one_of(
+            st.just(UTC),
+            st.builds(
+                timezone,
+                st.timedeltas(
+                    min_value=timedelta(hours=-23, minutes=-59),
+                    max_value=timedelta(hours=23, minutes=59),
+                ),
+            ),
+            st.timezones(),
+        ),
+    )
+)
+def test_sqlite_datetime_matches_sqlalchemy_for_any_time(value: datetime) -> None:
+    # Any aware time, any offset or zone (folds and gaps included): the same
+    # text as SQLAlchemy's processor, which the fast formatting replaces.
+    assert sqlite_datetime(value) == _sqlalchemy_text(value)
 
 
 def test_sqlite_datetime_refuses_naive_times() -> None:

@@ -1,0 +1,98 @@
+"""Turning write ops into SQLite parameter rows (gateway/storage/rawsql.py):
+the time per row, with the storage text of a time made by ``isoformat`` (the
+baseline, as before 2026-12-05) and by ``sqlite_datetime`` (%-formatting), in
+one run. Prints nanoseconds per time value and per row.
+
+The rows are the mixed load's: 4 samples per MeterValues sharing one
+timestamp and one ``received_at``; one status row per StatusNotification.
+
+    .venv/bin/python bench/row_build.py [--rows 5000] [--number 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import timeit
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.dialects import sqlite
+
+from gateway.storage.models import utc_for_storage
+from gateway.storage.rawsql import RawStatement, RawStatements, sqlite_datetime
+from gateway.storage.writer import GunStatusOp, MeterSampleOp
+
+T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+PILE = "44200000010000000001"
+MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage")
+
+
+def isoformat_baseline(value: datetime | None) -> str | None:
+    """What sqlite_datetime did before: the same text, via isoformat."""
+    utc = utc_for_storage(value, naive=True)
+    return None if utc is None else utc.isoformat(" ", "microseconds")
+
+
+def meter_ops(n: int) -> list[MeterSampleOp]:
+    out = []
+    for k in range(n):
+        at = T0 + timedelta(milliseconds=37 * (k // 4), microseconds=k // 4)
+        out.append(
+            MeterSampleOp(
+                PILE, 1, 7, at, MEASURANDS[k % 4], "", "Wh", "Sample.Periodic", "Outlet",
+                "Raw", str(k), float(k), at + timedelta(milliseconds=3),
+            )
+        )  # fmt: skip
+    return out
+
+
+def status_ops(n: int) -> list[GunStatusOp]:
+    out = []
+    for k in range(n):
+        at = T0 + timedelta(milliseconds=37 * k, microseconds=k)
+        out.append(
+            GunStatusOp(
+                PILE, 1, PILE + "001", "Charging", "NoError", None, "DLH", None, at,
+                at + timedelta(milliseconds=3),
+            )
+        )  # fmt: skip
+    return out
+
+
+def per_row_ns(stmt: RawStatement, ops: list[object], number: int) -> float:
+    seconds = timeit.timeit(lambda: stmt.rows(ops, attrs=True), number=number)
+    return seconds / number / len(ops) * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000)
+    parser.add_argument("--number", type=int, default=50)
+    args = parser.parse_args()
+    value = T0 + timedelta(seconds=1.5)
+    assert isoformat_baseline(value) == sqlite_datetime(value)
+    n = args.number * 2_000
+    for name, fn in (
+        ("isoformat (baseline)", isoformat_baseline),
+        ("sqlite_datetime", sqlite_datetime),
+    ):
+        ns = timeit.timeit(lambda fn=fn: fn(value), number=n) / n * 1e9  # type: ignore[misc]
+        print(f"one time value, {name}: {ns:,.0f} ns")
+    statements = RawStatements(sqlite.dialect())
+    workloads = (
+        ("meter_values", statements.meter_values, meter_ops(args.rows)),
+        ("gun_status_events", statements.gun_status_events, status_ops(args.rows)),
+    )
+    for table, stmt, ops in workloads:
+        results = {}
+        for name, fn in (("isoformat", isoformat_baseline), ("sqlite_datetime", sqlite_datetime)):
+            stmt._convert = fn  # the converter the statement applies to its time columns
+            results[name] = per_row_ns(stmt, list(ops), args.number)
+        stmt._convert = sqlite_datetime
+        print(
+            f"{table} rows: {results['isoformat']:,.0f} ns per row with isoformat, "
+            f"{results['sqlite_datetime']:,.0f} ns with sqlite_datetime"
+        )
+
+
+if __name__ == "__main__":
+    main()
