@@ -53,7 +53,6 @@ from ..events import (
     TransactionStopped,
 )
 from ..ocpp.handlers import iso, token_view
-from ..storage.models import Pile
 from ..storage.repo import EventRows
 from ..storage.writer import (
     ChargerMessageOp,
@@ -86,7 +85,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pilegate.cbp")
 
-_BOOT_INC: Any = Pile.boot_count + 1
 _TX_KEYS_MAX = 64  # SERIAL → transaction id entries cached per connection
 
 
@@ -150,8 +148,7 @@ class CbpHandlers:
             "iccid": login.iccid,
         }
         return (
-            PileUpdateOp(pile_id, tuple(values.items())),
-            PileUpdateOp(pile_id, (("boot_count", _BOOT_INC),)),
+            PileUpdateOp(pile_id, tuple(values.items()), count_boot=True),
             ChargerMessageOp(
                 pile_id=pile_id,
                 kind="Login",

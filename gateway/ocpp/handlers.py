@@ -190,8 +190,7 @@ class OcppHandlers:
         # Boot data is stored even for a Rejected boot: operators need to see
         # what the charger claimed to be.
         await s.writer.put(
-            PileUpdateOp(self.conn.pile_id, tuple(values.items())),
-            PileUpdateOp(self.conn.pile_id, (("boot_count", _BOOT_INC),)),
+            PileUpdateOp(self.conn.pile_id, tuple(values.items()), count_boot=True),
             *s.events.op(
                 "pile.boot",
                 self.conn.pile_id,
@@ -594,12 +593,3 @@ HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
 
 def _sample_row(op: MeterSampleOp) -> dict[str, Any]:
     return op._asdict()
-
-
-def _boot_inc() -> Any:
-    from gateway.storage.models import Pile
-
-    return Pile.boot_count + 1
-
-
-_BOOT_INC = _boot_inc()

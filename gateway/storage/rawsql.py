@@ -20,18 +20,20 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Table, bindparam, false, func, insert, null, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
+    ChargerMessage,
     Gun,
     GunStatusEvent,
     MeterValue,
     OutboxEvent,
     Pile,
+    PresenceEvent,
     UTCDateTime,
     utc_for_storage,
 )
@@ -179,6 +181,25 @@ class RawStatements:
         self.outbox = _compile(
             insert(OutboxEvent), dialect, _columns(OutboxEvent), _datetimes(OutboxEvent)
         )
+        self.presence_events = _compile(
+            insert(PresenceEvent), dialect, _columns(PresenceEvent), _datetimes(PresenceEvent)
+        )
+        self.charger_messages = _compile(
+            insert(ChargerMessage), dialect, _columns(ChargerMessage), _datetimes(ChargerMessage)
+        )
+        piles = cast(Table, Pile.__table__)
+        # Offline only if this node still holds the pile (gateway/storage/pilewrites.py).
+        self.pile_offline = _compile(
+            update(piles)
+            .where(piles.c.pile_id == bindparam("p_pile_id"))
+            .where((piles.c.node_id == bindparam("p_node_id")) | piles.c.node_id.is_(None))
+            .values(online=false(), online_since=null(), node_id=null()),
+            dialect,
+            ("p_pile_id", "p_node_id"),
+            frozenset(),
+        )
+        self._dialect = dialect
+        self._pile_updates: dict[tuple[tuple[str, ...], bool, bool], RawStatement] = {}
         # "Last seen" only moves forward.
         self.last_seen = _compile(
             update(Pile)
@@ -191,6 +212,42 @@ class RawStatements:
             ("seen_pile_id", "seen_at"),
             frozenset({"seen_at"}),
         )
+
+    def pile_update(
+        self, columns: tuple[str, ...], first_seen_if_null: bool, boot_inc: bool
+    ) -> RawStatement:
+        """UPDATE piles SET the columns (parameters ``v_<column>``), with
+        first_seen = COALESCE(first_seen, :v_first_seen_if_null) and
+        boot_count = boot_count + :v_boot_inc if asked, WHERE pile_id =
+        :p_pile_id; compiled once per shape (gateway/storage/pilewrites.py)."""
+        key = (columns, first_seen_if_null, boot_inc)
+        found = self._pile_updates.get(key)
+        if found is not None:
+            return found
+        piles = cast(Table, Pile.__table__)
+        unknown = [c for c in columns if c not in piles.c or c == "pile_id"]
+        if unknown:
+            raise ValueError(f"not a settable column of piles: {', '.join(unknown)}")
+        values: dict[str, Any] = {c: bindparam(f"v_{c}", type_=piles.c[c].type) for c in columns}
+        params = [f"v_{c}" for c in columns]
+        datetimes = {f"v_{c}" for c in columns if isinstance(piles.c[c].type, UTCDateTime)}
+        if first_seen_if_null:
+            values["first_seen"] = func.coalesce(
+                piles.c.first_seen,
+                bindparam("v_first_seen_if_null", type_=piles.c.first_seen.type),
+            )
+            params.append("v_first_seen_if_null")
+            datetimes.add("v_first_seen_if_null")
+        if boot_inc:
+            values["boot_count"] = piles.c.boot_count + bindparam(
+                "v_boot_inc", type_=piles.c.boot_count.type
+            )
+            params.append("v_boot_inc")
+        stmt = update(piles).where(piles.c.pile_id == bindparam("p_pile_id")).values(values)
+        found = self._pile_updates[key] = _compile(
+            stmt, self._dialect, (*params, "p_pile_id"), frozenset(datetimes)
+        )
+        return found
 
 
 _CACHE: dict[tuple[str, str, str], RawStatements] = {}

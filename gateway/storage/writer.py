@@ -26,14 +26,14 @@ from typing import Any, NamedTuple
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ClauseElement
 
 from gateway.logging import get_logger
 
 from .models import (
-    ChargerMessage,
     Pile,
-    PresenceEvent,
 )
+from .pilewrites import PileWrites
 from .rawsql import dialect_insert, executemany, statements_for
 
 log = get_logger("pilegate.storage")
@@ -99,10 +99,12 @@ class ChargerMessageOp:
 
 @dataclass(frozen=True, slots=True)
 class PileUpdateOp:
-    """Set columns of a pile row (boot data, kind mismatch...)."""
+    """Set columns of a pile row (boot data, kind mismatch...), and with
+    ``count_boot`` add one to its boot count."""
 
     pile_id: str
     values: tuple[tuple[str, Any], ...]
+    count_boot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,11 +341,23 @@ class WriteBehind:
             gun_events: list[GunStatusOp] = []
             guns: dict[tuple[str, int], dict[str, Any]] = {}
             outbox: list[dict[str, Any]] = []
+            presence: list[PresenceOp] = []
+            messages: list[ChargerMessageOp] = []
+            piles = PileWrites()
 
-            async def drain_outbox() -> None:
+            async def drain() -> None:
+                """Write what is collected before anything that may read it."""
                 if outbox:
                     await executemany(s, raw.outbox, outbox)
                     outbox.clear()
+                if presence:
+                    await executemany(s, raw.presence_events, presence, attrs=True)
+                    presence.clear()
+                if messages:
+                    await executemany(s, raw.charger_messages, messages, attrs=True)
+                    messages.clear()
+                if piles:
+                    await piles.flush(s, raw)
 
             for op in batch:
                 kind = type(op)
@@ -383,11 +397,33 @@ class WriteBehind:
                         for event_id, topic, payload, retain in op.rows
                     )
                 elif isinstance(op, PresenceOp):
-                    await self._presence(s, op)
+                    presence.append(op)
+                    if op.online:
+                        if piles.needs_flush_before_merge(op.pile_id):
+                            await piles.flush(s, raw)
+                        piles.online(op.pile_id, op.at, op.node_id, op.protocol)
+                    else:
+                        piles.go_offline(op.pile_id, op.node_id)
                 elif isinstance(op, ChargerMessageOp):
-                    s.add(ChargerMessage(**_fields(op)))
+                    messages.append(op)
+                elif isinstance(op, PileUpdateOp):
+                    if any(isinstance(v, ClauseElement) for _, v in op.values):
+                        # An SQL expression: its own statement, in order.
+                        await drain()
+                        await s.execute(
+                            update(Pile).where(Pile.pile_id == op.pile_id).values(dict(op.values))
+                        )
+                        if op.count_boot:
+                            piles.delta(op.pile_id).count_boot()
+                        continue
+                    if piles.needs_flush_before_merge(op.pile_id):
+                        await piles.flush(s, raw)
+                    delta = piles.delta(op.pile_id)
+                    delta.set(op.values)
+                    if op.count_boot:
+                        delta.count_boot()
                 elif isinstance(op, DurableOp):
-                    await drain_outbox()
+                    await drain()
                     # A savepoint per awaited write: if its own data is
                     # refused (a constraint, a bug), only its caller gets the
                     # error; the rest of the batch commits and nothing is
@@ -400,6 +436,7 @@ class WriteBehind:
                     else:
                         resolved.append((op.future, value))
                 elif isinstance(op, KindEvidenceOp):
+                    await drain()
                     current = await s.scalar(
                         select(Pile.kind_mismatch_evidence).where(Pile.pile_id == op.pile_id)
                     )
@@ -413,13 +450,8 @@ class WriteBehind:
                             kind_mismatch_evidence=json.dumps(items[-KIND_EVIDENCE_MAX:]),
                         )
                     )
-                elif isinstance(op, PileUpdateOp):
-                    await s.execute(
-                        update(Pile).where(Pile.pile_id == op.pile_id).values(dict(op.values))
-                    )
-            await drain_outbox()
-            # ORM objects added above (presence events, charger messages)
-            # go first, as an ORM statement's autoflush did before.
+            await drain()
+            # Objects a durable write added to the session.
             await s.flush()
             await executemany(s, raw.meter_values, meters, attrs=True)
             await executemany(s, raw.gun_status_events, gun_events, attrs=True)
@@ -431,43 +463,3 @@ class WriteBehind:
             if not fut.done():
                 fut.set_exception(error)
         return resolved
-
-    @staticmethod
-    async def _presence(s: AsyncSession, op: PresenceOp) -> None:
-        s.add(
-            PresenceEvent(
-                pile_id=op.pile_id,
-                at=op.at,
-                online=op.online,
-                reason=op.reason,
-                detail=op.detail,
-                connection_id=op.connection_id,
-                node_id=op.node_id,
-            )
-        )
-        values: dict[str, Any] = {"online": op.online}
-        if op.online:
-            values.update(online_since=op.at, node_id=op.node_id, last_seen=op.at)
-            if op.protocol:
-                values["protocol"] = op.protocol
-            await s.execute(
-                update(Pile)
-                .where(Pile.pile_id == op.pile_id, Pile.first_seen.is_(None))
-                .values(first_seen=op.at)
-            )
-            await s.execute(update(Pile).where(Pile.pile_id == op.pile_id).values(values))
-            return
-        # Offline only if this node still holds the pile: after a takeover by
-        # another node, the old node's late "offline" must not hide the new
-        # connection.
-        values.update(online_since=None, node_id=None)
-        await s.execute(
-            update(Pile)
-            .where(Pile.pile_id == op.pile_id)
-            .where((Pile.node_id == op.node_id) | Pile.node_id.is_(None))
-            .values(values)
-        )
-
-
-def _fields(op: Any) -> dict[str, Any]:
-    return {name: getattr(op, name) for name in op.__slots__}
