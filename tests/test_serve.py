@@ -35,11 +35,19 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float) -> 
 
 
 @pytest.mark.parametrize(
-    ("sig", "event_loop", "loop_module"),
-    [(signal.SIGTERM, "uvloop", "uvloop"), (signal.SIGINT, "asyncio", "asyncio")],
+    ("sig", "event_loop", "loop_module", "gc_setting", "gc_threshold"),
+    [
+        (signal.SIGTERM, "uvloop", "uvloop", None, [50_000, 20, 100]),
+        (signal.SIGINT, "asyncio", "asyncio", "0", [700, 10, 10]),
+    ],
 )
 def test_serve_starts_and_stops_gracefully(
-    tmp_path: Path, sig: signal.Signals, event_loop: str, loop_module: str
+    tmp_path: Path,
+    sig: signal.Signals,
+    event_loop: str,
+    loop_module: str,
+    gc_setting: str | None,
+    gc_threshold: list[int],
 ) -> None:
     port = _free_port()
     env = {
@@ -49,6 +57,7 @@ def test_serve_starts_and_stops_gracefully(
         "PILEGATE_DEV": "true",
         "PILEGATE_LOG_FORMAT": "json",
         "PILEGATE_EVENT_LOOP": event_loop,
+        **({"PILEGATE_GC_THRESHOLD": gc_setting} if gc_setting is not None else {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"],
@@ -70,7 +79,12 @@ def test_serve_starts_and_stops_gracefully(
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
     assert "ops API listening" in events and events[-1] == "gateway stopped"
-    assert [line["event_loop"] for line in lines if line["event"] == "event loop"] == [loop_module]
+    (loop_line,) = [line for line in lines if line["event"] == "event loop"]
+    assert loop_line["event_loop"] == loop_module
+    # gc_threshold: the default tunes the collector and freezes startup
+    # objects; 0 leaves Python's own settings.
+    assert loop_line["gc_threshold"] == gc_threshold
+    assert (loop_line["gc_frozen_objects"] > 0) is (gc_setting != "0")
     assert (tmp_path / "gw.db").exists()
 
 
@@ -87,6 +101,14 @@ def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loop_factory("auto") is None
     with pytest.raises(ConfigError, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+def test_gc_threshold_setting_is_checked() -> None:
+    from gateway.config import ConfigError, load_settings
+
+    assert load_settings({"dev": True}).gc_threshold == 50_000
+    with pytest.raises(ConfigError, match="gc_threshold"):
+        load_settings({"dev": True, "gc_threshold": -1})
 
 
 def test_serve_without_token_refuses_to_start(tmp_path: Path) -> None:
