@@ -284,8 +284,12 @@ class WriteBehind:
         while self._queue or self._last_seen:
             n = 0  # groups in this batch
             batch: list[WriteOp] = []
-            while n < len(self._queue) and (not batch or len(batch) < self._batch_max):
-                batch.extend(self._queue[n])
+            # Iterated, not indexed: a deque's [n] walks from an end, and a
+            # batch of a few thousand groups made that quadratic.
+            for group in self._queue:
+                if batch and len(batch) >= self._batch_max:
+                    break
+                batch.extend(group)
                 n += 1
             seen, self._last_seen = self._last_seen, {}
             started = time.perf_counter()
