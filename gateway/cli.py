@@ -118,7 +118,7 @@ def tune_gc(threshold: int) -> None:
     and an older one every 10 of those, a gateway holding 10,000
     connections (and a write queue of up to 100,000 ops) spent much of a
     reconnect storm in the collector, and its full collections were the
-    slowest answers under load (docs/benchmarks.md, "Garbage collection").
+    slowest answers under load (docs/benchmarks.md, "Fewer garbage collections").
     What is loaded at startup (modules, schemas, compiled validators) is
     frozen first: it lives as long as the process and is never garbage.
     Reference cycles are still collected, only in larger steps."""

@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
         "asyncio",
         description="Event loop of `pilegate serve`: asyncio, uvloop (pip install "
-        "'pilegate[uvloop]': about 4 % more mixed msgs/s on SQLite at a higher p99, "
-        "see docs/benchmarks.md), or auto = uvloop when installed.",
+        "'pilegate[uvloop]': no more mixed msgs/s than asyncio on SQLite since the "
+        "gateway frames WebSocket messages itself, at a higher p99, see "
+        "docs/benchmarks.md), or auto = uvloop when installed.",
     )
     gc_threshold: int = Field(
         50_000,

@@ -30,11 +30,11 @@ class MessageStats(Collector):
     prometheus_client's ``Counter.inc`` and ``Histogram.observe`` take a lock
     and go through a value object per call: 2-3 % of the gateway's CPU under
     the bench's mixed load, paid twice per message (docs/benchmarks.md,
-    "Latest"). Here the event loop, the only writer, adds to plain ints and
-    floats, and ``collect`` turns them into the same metric families at
-    scrape time: the same names, labels, buckets and ``_created`` samples
-    as the Counter and Histogram they replace (tests/test_metrics.py
-    compares the two expositions).
+    "Prometheus counters at scrape time"). Here the event loop, the only
+    writer, adds to plain ints and floats, and ``collect`` turns them into
+    the same metric families at scrape time: the same names, labels,
+    buckets and ``_created`` samples as the Counter and Histogram they
+    replace (tests/test_metrics.py compares the two expositions).
     """
 
     def __init__(self, buckets: tuple[float, ...] = HANDLER_BUCKETS) -> None:

@@ -242,7 +242,7 @@ class MeterValue(Base):
     # range). There is no surrogate id: nothing reads samples by id, and
     # without it SQLite keeps the table as one B-tree (WITHOUT ROWID) and
     # PostgreSQL one index (migrations 0006 and 0007; docs/benchmarks.md
-    # "One index on meter_values", "The key is the primary key").
+    # "One index on `meter_values`", "the sample key is the primary key").
     __table_args__ = (
         PrimaryKeyConstraint(
             "pile_id",

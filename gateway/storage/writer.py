@@ -56,7 +56,7 @@ class PresenceOp:
 # frozen dataclass's __init__ sets each field through object.__setattr__,
 # 1.9 µs for a sample's 13 fields against 0.7 µs for a tuple, paid some
 # 24,000 times a second under the bench's mixed load (docs/benchmarks.md,
-# "Latest").
+# "write ops are NamedTuples").
 class GunStatusOp(NamedTuple):
     pile_id: str
     connector_id: int
@@ -228,7 +228,7 @@ class WriteBehind:
         """Half full or more: the database is behind. The connections' direct
         path then steps aside (its frames take the receive task, which waits
         for space), leaving the core to the flush instead of filling the
-        queue faster (docs/benchmarks.md, "Latest")."""
+        queue faster (docs/benchmarks.md, "the direct path steps aside")."""
         return self._queued_ops * 2 >= self._max_items
 
     def try_put(self, *ops: WriteOp) -> bool:
