@@ -1,7 +1,8 @@
 """Turning write ops into SQLite parameter rows (gateway/storage/rawsql.py):
 the time per row, with the storage text of a time made by ``isoformat`` (the
 baseline, as before 2026-12-05) and by ``sqlite_datetime`` (%-formatting), in
-one run. Prints nanoseconds per time value and per row.
+one run. Prints nanoseconds per time value and per row, and the same for
+the text of a Heartbeat answer's ``currentTime`` (``iso``).
 
 The rows are the mixed load's: 4 samples per MeterValues sharing one
 timestamp and one ``received_at``; one status row per StatusNotification.
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.dialects import sqlite
 
+from gateway.ocpp.handlers import iso
 from gateway.storage.models import utc_for_storage
 from gateway.storage.rawsql import RawStatement, RawStatements, sqlite_datetime
 from gateway.storage.writer import GunStatusOp, MeterSampleOp
@@ -30,6 +32,11 @@ def isoformat_baseline(value: datetime | None) -> str | None:
     """What sqlite_datetime did before: the same text, via isoformat."""
     utc = utc_for_storage(value, naive=True)
     return None if utc is None else utc.isoformat(" ", "microseconds")
+
+
+def iso_baseline(value: datetime) -> str:
+    """What gateway.ocpp.handlers.iso did before."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def meter_ops(n: int) -> list[MeterSampleOp]:
@@ -70,6 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     value = T0 + timedelta(seconds=1.5)
     assert isoformat_baseline(value) == sqlite_datetime(value)
+    assert iso_baseline(value) == iso(value)
     n = args.number * 2_000
     for name, fn in (
         ("isoformat (baseline)", isoformat_baseline),
@@ -77,6 +85,9 @@ def main() -> None:
     ):
         ns = timeit.timeit(lambda fn=fn: fn(value), number=n) / n * 1e9  # type: ignore[misc]
         print(f"one time value, {name}: {ns:,.0f} ns")
+    for name, fn in (("isoformat (baseline)", iso_baseline), ("iso", iso)):
+        ns = timeit.timeit(lambda fn=fn: fn(value), number=n) / n * 1e9  # type: ignore[misc]
+        print(f"a Heartbeat's currentTime, {name}: {ns:,.0f} ns")
     statements = RawStatements(sqlite.dialect())
     workloads = (
         ("meter_values", statements.meter_values, meter_ops(args.rows)),

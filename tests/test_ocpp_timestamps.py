@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
-from gateway.ocpp.handlers import parse_time
+from gateway.ocpp.handlers import iso, parse_time
 from gateway.storage.models import MeterValue
 from protocol.ocpp import ErrorCode, OcppError
 from tests.support.gateway import api_client, flushed, running_gateway
@@ -106,3 +108,17 @@ async def test_a_charger_gets_a_clear_error_and_the_leap_second_is_stored(gw: Ga
         (datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "30")
     ]
     await cp.close()
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),
+        max_value=datetime(9998, 12, 31),
+        timezones=st.one_of(st.just(UTC), st.timezones()),
+    )
+)
+def test_iso_is_isoformat_in_utc_with_milliseconds(value: datetime) -> None:
+    # The fast formatting against what it replaced: UTC, microseconds
+    # truncated to milliseconds, "Z" for the offset.
+    expected = value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso(value) == expected
