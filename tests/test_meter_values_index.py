@@ -109,6 +109,20 @@ def _downgrade(conn: Connection, revision: str) -> None:
     command.downgrade(cfg, revision)
 
 
+async def _insert_two_retransmissions_and_one_new(engine: AsyncEngine, tx: int) -> None:
+    """Two samples already stored (the same key) and a new one (SoC), through
+    the duplicate rule's INSERT ... ON CONFLICT DO NOTHING."""
+    sessions = db.session_factory(engine)
+    async with sessions() as s, s.begin():
+        await s.execute(
+            insert_ignore(
+                s,
+                MeterValue,
+                [_sample(tx, T0), _sample(0, T0 + timedelta(hours=1)), _sample(tx, T0, "SoC")],
+            )
+        )
+
+
 async def _count(engine: AsyncEngine) -> int:
     async with engine.connect() as c:
         return int((await c.execute(select(func.count()).select_from(MeterValue))).scalar_one())
@@ -139,15 +153,7 @@ async def test_0006_keeps_the_samples_and_the_duplicate_rule(database_url: str) 
             (T0 + timedelta(minutes=2), "Energy.Active.Import.Register"),
         ]
         # The same set of columns decides what is a retransmission.
-        sessions = db.session_factory(engine)
-        async with sessions() as s, s.begin():
-            await s.execute(
-                insert_ignore(
-                    s,
-                    MeterValue,
-                    [_sample(tx, T0), _sample(0, T0 + timedelta(hours=1)), _sample(tx, T0, "SoC")],
-                )
-            )
+        await _insert_two_retransmissions_and_one_new(engine, tx)
         assert await _count(engine) == 7
 
         async with engine.begin() as c:
@@ -207,15 +213,7 @@ async def test_0007_makes_the_key_the_primary_key_and_keeps_the_samples(
 
         # The primary key now decides what is a retransmission: the same
         # samples as before the migration are ignored, a new one is stored.
-        sessions = db.session_factory(engine)
-        async with sessions() as s, s.begin():
-            await s.execute(
-                insert_ignore(
-                    s,
-                    MeterValue,
-                    [_sample(tx, T0), _sample(0, T0 + timedelta(hours=1)), _sample(tx, T0, "SoC")],
-                )
-            )
+        await _insert_two_retransmissions_and_one_new(engine, tx)
         assert await _count(engine) == 7
 
         # Down again: every row gets an id back, and the key is unique again.
@@ -228,7 +226,7 @@ async def test_0007_makes_the_key_the_primary_key_and_keeps_the_samples(
         ids = await _ids(engine)
         assert len(ids) == 7 and len(set(ids)) == 7
         # The id keeps counting for new rows.
-        async with sessions() as s, s.begin():
+        async with db.session_factory(engine)() as s, s.begin():
             await s.execute(insert_ignore(s, MeterValue, [_sample(tx, T0, "Voltage")]))
         ids_after = await _ids(engine)
         assert len(ids_after) == 8 and max(ids_after) > max(ids)
