@@ -92,6 +92,13 @@ def test_a_merge_after_an_offline_of_the_same_pile_needs_a_flush() -> None:
     ]
 
 
+def test_an_sql_expression_is_refused_where_the_op_is_built() -> None:
+    with pytest.raises(TypeError, match="'boot_count' is an SQL expression"):
+        PileUpdateOp(PILES[0], (("boot_count", Pile.boot_count + 1),))
+    with pytest.raises(ValueError, match="not a settable column of piles: 'colour'"):
+        PileUpdateOp(PILES[0], (("vendor", "DLH"), ("colour", "red")))
+
+
 def test_an_unknown_column_is_refused_by_name() -> None:
     from sqlalchemy.dialects import sqlite
 

@@ -106,6 +106,17 @@ class PileUpdateOp:
     values: tuple[tuple[str, Any], ...]
     count_boot: bool = False
 
+    def __post_init__(self) -> None:
+        # Values are merged per pile and bound as parameters
+        # (gateway/storage/pilewrites.py): an SQL expression would only fail
+        # when the batch is written, so it is refused here, where it is built.
+        columns = Pile.__table__.c
+        for column, value in self.values:
+            if column not in columns or column == "pile_id":
+                raise ValueError(f"PileUpdateOp: not a settable column of piles: {column!r}")
+            if isinstance(value, ClauseElement):
+                raise TypeError(f"PileUpdateOp value of {column!r} is an SQL expression")
+
 
 @dataclass(frozen=True, slots=True)
 class KindEvidenceOp:
@@ -411,15 +422,6 @@ class WriteBehind:
                 elif isinstance(op, ChargerMessageOp):
                     messages.append(op)
                 elif isinstance(op, PileUpdateOp):
-                    if any(isinstance(v, ClauseElement) for _, v in op.values):
-                        # An SQL expression: its own statement, in order.
-                        await drain()
-                        await s.execute(
-                            update(Pile).where(Pile.pile_id == op.pile_id).values(dict(op.values))
-                        )
-                        if op.count_boot:
-                            piles.delta(op.pile_id).count_boot()
-                        continue
                     if piles.needs_flush_before_merge(op.pile_id):
                         await piles.flush(s, raw)
                     delta = piles.delta(op.pile_id)
