@@ -294,7 +294,11 @@ class WhitelistService:
             # Unmanaged and nothing assigned: no database work at all (the
             # common case during a reconnect storm without whitelists).
             return
-        async with self._db_slots:
+        # Under the pile's lock: the previous connection's engine may still be
+        # storing what the pile confirmed just before the link dropped (a
+        # SendLocalList reply, then the link closed). Read before that write,
+        # the record is stale and the list goes out again.
+        async with self._lock(pile_id), self._db_slots:
             state = await self.store.pile_state(pile_id)
         held = None
         if state is not None and state.held_entries is not None and state.held_version is not None:

@@ -280,6 +280,40 @@ async def test_pile_drops_in_the_middle_of_a_sync_and_resumes(
     await cp2.close()
 
 
+async def test_a_reconnect_waits_for_the_record_of_the_last_reply(
+    gw: Gateway, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pile confirms a SendLocalList and drops the link at once; the
+    # gateway is still storing what it now holds when the pile is back. The
+    # new connection reads that record only once it is stored, so the list
+    # is not sent again (it was, when the read came first).
+    await make_list(api, "slow-record", 5, {"kinds": ["AC"]})
+    service = next(e for e in gw.extensions if type(e).__name__ == "WhitelistService")
+    store = service.store
+    original = store.save_pile_state
+    slow = asyncio.Event()
+
+    async def save_pile_state(pile_id: str, now: datetime, **values: Any) -> None:
+        if values.get("held_entries") is not None:
+            slow.set()
+            await asyncio.sleep(1.0)
+        await original(pile_id, now, **values)
+
+    monkeypatch.setattr(store, "save_pile_state", save_pile_state)
+    local = LocalList()
+    cp = await connect(gw, AC, local)
+    await asyncio.wait_for(slow.wait(), 10)  # the reply is in, its record on its way
+    await cp.close()
+    sent = len(local.messages)
+    assert sent == 1 and len(local.entries) == 5
+    cp = await connect(gw, AC, local)
+    await until_status(api, AC, "in_sync")
+    await asyncio.sleep(0.2)
+    versions = [(m["listVersion"], m["updateType"]) for m in local.messages]
+    assert len(local.messages) == sent, versions
+    await cp.close()
+
+
 async def test_resync_after_reconnect_when_the_version_differs(
     gw: Gateway, api: httpx.AsyncClient
 ) -> None:
