@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from loadgen import distribution, measured_window, pile_ids, raise_nofile
+from loadgen import distribution, measured_window, pile_ids, raise_nofile, threads_text
 
 from protocol.cloudboard import (
     BadFrame,
@@ -407,7 +407,7 @@ async def run_cbp_mixed(args: argparse.Namespace) -> dict[str, Any]:
     for c in chargers:
         c.send_cycle()
 
-    window, cpu_me, cpu_srv, rss = await measured_window(args, stats)
+    window, cpu_me, cpu_srv, rss, threads = await measured_window(args, stats)
     for c in chargers:
         c.stopping = True
     load_s = time.perf_counter() - load_t0
@@ -454,6 +454,7 @@ async def run_cbp_mixed(args: argparse.Namespace) -> dict[str, Any]:
         "loadgen_cpu_pct": 100 * cpu_me / window if window > 0 else None,
         "server_cpu_pct": 100 * cpu_srv / window if cpu_srv is not None and window > 0 else None,
         "server_rss_kib": rss,
+        "server_threads_pct": threads,
     }
 
 
@@ -467,6 +468,7 @@ def print_human(r: dict[str, Any]) -> None:
         f"{r['links_closed_by_server']}, protocol errors {r['protocol_errors'] or 'none'}; "
         f"rows expected {r['rows_expected']}; loadgen CPU {r['loadgen_cpu_pct']:.0f}%"
         + (f", server CPU {r['server_cpu_pct']:.0f}%" if r["server_cpu_pct"] is not None else "")
+        + threads_text(r.get("server_threads_pct"), "; ")
     )
 
 

@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -374,15 +374,25 @@ def proc_rss_kib(pid: int) -> int | None:
     return None
 
 
-async def measured_window(
-    args: argparse.Namespace, stats: Any
-) -> tuple[float, float, float | None, int | None]:
+class Window(NamedTuple):
+    """What ``measured_window`` measured."""
+
+    seconds: float
+    cpu_me: float  # this process's CPU seconds
+    cpu_srv: float | None  # the server's CPU seconds (all threads)
+    rss: int | None  # the server's VmRSS, KiB
+    threads: dict[str, float] | None  # thread_split of the server
+
+
+async def measured_window(args: argparse.Namespace, stats: Any) -> Window:
     """Warm up, then the measured window (``stats.phase`` "measure", then
-    "drain"): its length, this process's CPU seconds, the server's CPU
-    seconds and VmRSS (KiB) when ``--server-pid`` is given. Shared with
-    ``bench/cbp_loadgen.py``."""
+    "drain"): its length, this process's CPU seconds, and when
+    ``--server-pid`` is given the server's CPU seconds, VmRSS (KiB) and CPU
+    per thread. Shared with ``bench/cbp_loadgen.py``."""
     await asyncio.sleep(args.warmup)
-    cpu_srv0 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    pid = args.server_pid
+    cpu_srv0 = proc_cpu_seconds(pid) if pid else None
+    threads0 = thread_cpu_seconds(pid) if pid else None
     cpu_me0 = time.process_time()
     stats.phase = "measure"
     w0 = time.perf_counter()
@@ -390,10 +400,62 @@ async def measured_window(
     stats.phase = "drain"
     window = time.perf_counter() - w0
     cpu_me = time.process_time() - cpu_me0
-    cpu_srv1 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    cpu_srv1 = proc_cpu_seconds(pid) if pid else None
+    threads1 = thread_cpu_seconds(pid) if pid else None
     cpu_srv = cpu_srv1 - cpu_srv0 if cpu_srv0 is not None and cpu_srv1 is not None else None
-    rss = proc_rss_kib(args.server_pid) if args.server_pid else None
-    return window, cpu_me, cpu_srv, rss
+    rss = proc_rss_kib(pid) if pid else None
+    split = (
+        thread_split(pid, threads0, threads1, window)
+        if threads0 is not None and threads1 is not None and window > 0
+        else None
+    )
+    return Window(window, cpu_me, cpu_srv, rss, split)
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[float, float]] | None:
+    """(user, kernel) CPU seconds of each thread of a process, by thread id."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[float, float]] = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(tid)] = (int(fields[11]) / ticks, int(fields[12]) / ticks)
+    return out
+
+
+def thread_split(
+    pid: int,
+    before: dict[int, tuple[float, float]],
+    after: dict[int, tuple[float, float]],
+    window: float,
+) -> dict[str, float]:
+    """The server's CPU in the window by thread, in % of one core: the main
+    thread (thread id = pid, the event loop) in user and kernel time, and
+    every other thread together (aiosqlite's workers, the executor's).
+
+    py-spy's default mode counts a thread as busy while it waits for the
+    GIL, which overstates the database thread; the kernel's own accounting
+    does not. A thread started in the window counts from zero; one that
+    ended in it is missing from ``after`` and its time is not counted."""
+    main_user = main_sys = others = 0.0
+    for tid, (user, kernel) in after.items():
+        user0, kernel0 = before.get(tid, (0.0, 0.0))
+        if tid == pid:
+            main_user, main_sys = user - user0, kernel - kernel0
+        else:
+            others += (user - user0) + (kernel - kernel0)
+    return {
+        "event_loop_user_pct": 100 * main_user / window,
+        "event_loop_kernel_pct": 100 * main_sys / window,
+        "other_threads_pct": 100 * others / window,
+    }
 
 
 def proc_cpu_seconds(pid: int) -> float | None:
@@ -631,7 +693,7 @@ async def run_mixed(args: argparse.Namespace) -> dict[str, Any]:
     for c in chargers:
         c.send_next()
 
-    window, cpu_me, cpu_srv, rss = await measured_window(args, stats)
+    window, cpu_me, cpu_srv, rss, threads = await measured_window(args, stats)
     for c in chargers:
         c.stopping = True
     load_s = time.perf_counter() - load_t0
@@ -678,6 +740,7 @@ async def run_mixed(args: argparse.Namespace) -> dict[str, Any]:
         "loadgen_cpu_pct": 100 * cpu_me / window if window > 0 else None,
         "server_cpu_pct": 100 * cpu_srv / window if cpu_srv is not None and window > 0 else None,
         "server_rss_kib": rss,
+        "server_threads_pct": threads,
     }
     return result
 
@@ -997,6 +1060,17 @@ async def run_halfopen(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 
 
+def threads_text(split: dict[str, float] | None, prefix: str = "") -> str:
+    """thread_split as text ("" without one)."""
+    if not split:
+        return ""
+    return (
+        f"{prefix}server threads: event loop {split['event_loop_user_pct']:.0f} % user + "
+        f"{split['event_loop_kernel_pct']:.0f} % kernel, others "
+        f"{split['other_threads_pct']:.0f} %"
+    )
+
+
 def _fmt_ms(v: float) -> str:
     return f"{v:.2f}"
 
@@ -1016,6 +1090,7 @@ def print_human(r: dict[str, Any]) -> None:
                 if r["server_cpu_pct"] is not None
                 else ""
             )
+            + threads_text(r.get("server_threads_pct"), "; ")
         )
     elif r["mode"] == "storm":
         print(

@@ -1340,6 +1340,25 @@ def report(ctx: Ctx, machine: dict[str, Any], command: str, elapsed: float) -> s
             f"{'yes' if t is not None and t <= TARGET_STORM_S else 'no'} |"
         )
     w("")
+    split = {
+        key: r["server_threads_pct"]
+        for key, r in R.items()
+        if isinstance(r, dict) and r.get("server_threads_pct")
+    }
+    if split:
+        w("## Server CPU per thread in the measured window\n")
+        w(
+            "From /proc/PID/task/*/stat (100 % = one core): the main thread runs the event "
+            "loop; the others are aiosqlite's workers and executor threads. Unlike py-spy's "
+            "default mode this does not count a thread waiting for the GIL as busy.\n"
+        )
+        for key, t in split.items():
+            w(
+                f"- {key}: event loop {t['event_loop_user_pct']:.0f} % user + "
+                f"{t['event_loop_kernel_pct']:.0f} % kernel, other threads "
+                f"{t['other_threads_pct']:.0f} %"
+            )
+        w("")
     w("## Other load on the machine during each measurement\n")
     w(
         "CPU used by processes that are not part of the benchmark (100 % = one core), "
