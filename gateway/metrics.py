@@ -132,6 +132,13 @@ class Metrics:
             "Time to write one batch to the database",
             registry=r,
         )
+        self.storage_refused_ops = Counter(
+            "pilegate_storage_refused_ops",
+            "Queued write operations the database refused (a constraint, a value it "
+            "cannot hold); logged in full and dropped so that the queue goes on",
+            ["kind"],
+            registry=r,
+        )
 
         self.handshake_refusals = Counter(
             "pilegate_handshake_refusals",

@@ -457,3 +457,60 @@ async def test_gun_status_history_keeps_order_and_late_statuses(gw: Gateway) -> 
         "Available",
     ]
     await cp.close()
+
+
+async def test_a_value_the_database_cannot_store_does_not_stop_the_others(
+    gw: Gateway, database_url: str
+) -> None:
+    # A NUL character passes the MeterValues schema (any string), and
+    # PostgreSQL's text cannot hold it. Before, the batch failed as a whole
+    # and was retried forever: the write queue filled up and held up every
+    # charger. Now that message's rows are refused alone (logged in full,
+    # counted) and everything else is stored.
+    await put_token(gw, "CARD0099")
+    cp = await ChargePoint.connect(gw.ocpp_port, DC)
+    other = await ChargePoint.connect(gw.ocpp_port, AC)
+    await cp.boot()
+    await other.boot()
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    tx = await cp.call(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "CARD0099", "meterStart": 0, "timestamp": now_iso(t0)},
+    )
+    tx_id = tx["transactionId"]
+    bad = mv(t0 + timedelta(seconds=20), 200)
+    bad["sampledValue"][1]["value"] = "70\u000000"
+    for i, meter_value in enumerate(
+        [mv(t0 + timedelta(seconds=10), 100), bad, mv(t0 + timedelta(seconds=30), 300)]
+    ):
+        assert (
+            await cp.call(
+                "MeterValues",
+                {"connectorId": 1, "transactionId": tx_id, "meterValue": [meter_value]},
+            )
+            == {}
+        ), i
+    await other.call(
+        "StatusNotification",
+        {"connectorId": 1, "errorCode": "NoError", "status": "Charging", "timestamp": now_iso()},
+    )
+    await asyncio.wait_for(flushed(gw), 30)
+    async with api_client(gw) as api:
+        samples = (await api.get(f"/api/transactions/{tx_id}/meter-values")).json()["samples"]
+    energy = sorted(s["value"] for s in samples if s["measurand"].startswith("Energy"))
+    refused = gw.metrics.registry.get_sample_value(
+        "pilegate_storage_refused_ops_total", {"kind": "MeterSampleOp"}
+    )
+    if database_url.startswith("postgresql"):
+        assert energy == ["100.0", "300.0"]
+        assert refused == 4  # the message's four samples, refused together
+    else:  # SQLite stores the text as it came
+        assert energy == ["100.0", "200.0", "300.0"]
+        assert refused is None
+    async with gw.store.sessions() as s:
+        statuses = (
+            await s.scalars(select(GunStatusEvent.status).where(GunStatusEvent.pile_id == AC))
+        ).all()
+    assert statuses == ["Charging"]
+    await cp.close()
+    await other.close()

@@ -3,6 +3,8 @@ rows read back through the ORM exactly as written, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,14 +14,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
 import pileid
 from gateway.config import ConfigError, load_settings
+from gateway.metrics import Metrics
 from gateway.storage import db
 from gateway.storage.models import GunStatusEvent, MeterValue, OutboxEvent, Pile, UTCDateTime
 from gateway.storage.rawsql import sqlite_datetime
 from gateway.storage.repo import Store
-from gateway.storage.writer import GunStatusOp, MeterSampleOp, OutboxOp, WriteBehind
+from gateway.storage.writer import (
+    GunStatusOp,
+    MeterSampleOp,
+    OutboxOp,
+    WriteBehind,
+    refused_data,
+)
 
 T0 = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
 PILE = "44030800010000200005"
@@ -228,3 +244,136 @@ async def test_sqlite_connections_get_the_cache_and_checkpoint_settings(tmp_path
 def test_sqlite_cache_setting_is_checked() -> None:
     with pytest.raises(ConfigError, match="sqlite_cache_mib"):
         load_settings({"sqlite_cache_mib": 0})
+
+
+def _other_pile_sample(at: datetime) -> MeterSampleOp:
+    """A sample of a pile the database does not know: the foreign key to
+    ``piles`` refuses it, on SQLite and PostgreSQL alike."""
+    return _sample(at, "Current.Import", "1", 1.0)._replace(pile_id="44030800010000299999")
+
+
+async def test_a_refused_row_does_not_stop_the_queue(store: Store) -> None:
+    # Before: the batch failed as a whole and was retried forever, so one
+    # refused row stopped every charger's writes (the queue filled up).
+    metrics = Metrics()
+    registry = metrics.registry
+    writer = WriteBehind(store.sessions, metrics=metrics)
+    groups = [
+        (_sample(T0 + timedelta(seconds=i), "Current.Import", str(i), float(i)),) for i in range(10)
+    ]
+    groups[6] = (
+        _status(T0 + timedelta(seconds=6), "Charging"),
+        _other_pile_sample(T0 + timedelta(seconds=6)),
+    )
+    for group in groups:
+        await writer.put(*group)
+    writer.touch(PILE, T0 + timedelta(minutes=1))
+    await asyncio.wait_for(writer.flush(), 30)
+    assert len(writer) == 0
+    async with store.sessions() as s:
+        values = (await s.scalars(select(MeterValue.value).order_by(MeterValue.at))).all()
+        events = (await s.scalars(select(GunStatusEvent.status))).all()
+        last_seen = await s.scalar(select(Pile.last_seen).where(Pile.pile_id == PILE))
+    # Every other group is stored, in order; the refused group is refused
+    # whole (its status and sample were put together: atomic).
+    assert values == [str(i) for i in range(10) if i != 6]
+    assert events == []
+    assert last_seen == T0 + timedelta(minutes=1)
+    assert (
+        registry.get_sample_value("pilegate_storage_refused_ops_total", {"kind": "MeterSampleOp"})
+        == 1
+    )
+    assert (
+        registry.get_sample_value("pilegate_storage_refused_ops_total", {"kind": "GunStatusOp"})
+        == 1
+    )
+    # The queue goes on: a later batch is written as usual.
+    await writer.put(_sample(T0 + timedelta(hours=1), "Current.Import", "later", None))
+    await asyncio.wait_for(writer.flush(), 30)
+    async with store.sessions() as s:
+        assert (
+            await s.scalar(
+                select(MeterValue.value).where(MeterValue.at > T0 + timedelta(minutes=1))
+            )
+            == "later"
+        )
+
+
+async def test_a_value_too_long_for_its_column_is_refused_alone(
+    store: Store, database_url: str
+) -> None:
+    # A lenient model's MeterValues may carry a measurand its schema would
+    # refuse; PostgreSQL refuses more than 48 characters (String(48)),
+    # SQLite stores it. An awaited write in the refused group fails with
+    # the database's error; the other groups are written.
+    metrics = Metrics()
+    writer = WriteBehind(store.sessions, metrics=metrics)
+    long_measurand = "Energy.Active.Import.Register." + "x" * 30
+    await writer.put(_sample(T0, "Current.Import", "before", None))
+    durable = asyncio.ensure_future(
+        writer.call(
+            lambda _session: asyncio.sleep(0, "done"),
+            _sample(T0 + timedelta(seconds=1), long_measurand, "long", None),
+        )
+    )
+    await writer.put(_sample(T0 + timedelta(seconds=2), "Current.Import", "after", None))
+    await asyncio.wait_for(writer.flush(), 30)
+    async with store.sessions() as s:
+        values = (await s.scalars(select(MeterValue.value).order_by(MeterValue.at))).all()
+    refused = metrics.registry.get_sample_value(
+        "pilegate_storage_refused_ops_total", {"kind": "MeterSampleOp"}
+    )
+    if database_url.startswith("postgresql"):
+        assert values == ["before", "after"]
+        assert refused == 1
+        with pytest.raises(DBAPIError, match="value too long"):
+            await durable
+    else:
+        assert values == ["before", "long", "after"]
+        assert refused is None
+        assert await durable == "done"
+
+
+class _PgError(Exception):
+    """What SQLAlchemy's asyncpg adapter wraps: the driver's error with its SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (IntegrityError("INSERT", {}, Exception("FOREIGN KEY constraint failed")), True),
+        (DataError("INSERT", {}, Exception("value too long")), True),
+        (ValueError("naive datetime given to storage"), True),
+        (DBAPIError("INSERT", {}, _PgError("22021")), True),  # NUL in text (asyncpg)
+        (DBAPIError("INSERT", {}, _PgError("23503")), True),  # foreign key
+        (DBAPIError("INSERT", {}, _PgError("08006")), False),  # connection failure
+        (DBAPIError("INSERT", {}, _PgError("40P01")), False),  # deadlock
+        (DBAPIError("INSERT", {}, _PgError("42P01")), False),  # no such table
+        (
+            DBAPIError(
+                "INSERT",
+                {},
+                sqlite3.ProgrammingError(
+                    "Error binding parameter 11: type 'dict' is not supported"
+                ),
+            ),
+            True,
+        ),
+        (
+            DBAPIError(
+                "INSERT", {}, sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            ),
+            False,
+        ),
+        (OperationalError("INSERT", {}, Exception("database is locked")), False),
+        (InterfaceError("INSERT", {}, Exception("connection is closed")), False),
+        (ConnectionResetError(), False),
+        (TimeoutError(), False),
+    ],
+)
+def test_only_refused_data_is_isolated(error: Exception, refused: bool) -> None:
+    assert refused_data(error) is refused

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +26,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -163,6 +165,39 @@ WriteOp = (
     | OutboxOp
     | DurableOp
 )
+
+
+# SQLSTATE classes of refused data (PostgreSQL, Appendix A "Error Codes"):
+# 22 data exception (a value too long, a NUL character in text, an argument
+# of the wrong type), 23 integrity constraint violation (a foreign key).
+# Other classes (08 connection, 40 rollback, 53 resources, 57 shutdown, 42
+# a missing table) are about the database, not the rows: retried.
+_REFUSED_SQLSTATE_CLASSES = ("22", "23")
+
+
+def refused_data(exc: BaseException) -> bool:
+    """The database refused the rows themselves, or building a row failed:
+    retrying the same batch would fail again, forever. Connection losses,
+    locks, timeouts and a schema the database lacks are not: those batches
+    are retried until the database is back."""
+    if isinstance(exc, (IntegrityError, DataError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        state = getattr(orig, "sqlstate", None)
+        if isinstance(state, str) and state[:2] in _REFUSED_SQLSTATE_CLASSES:
+            return True  # asyncpg's errors reach SQLAlchemy as plain DBAPIError
+        # SQLite: a value of a type it cannot store (a bug, or a lenient
+        # model's payload); other ProgrammingErrors (a closed connection) are not.
+        return isinstance(orig, sqlite3.ProgrammingError) and str(orig).startswith(
+            "Error binding parameter"
+        )
+    return isinstance(exc, (ValueError, TypeError, LookupError))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 500 else text[:500] + "…"
 
 
 def insert_ignore(session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]]) -> Any:
@@ -306,13 +341,29 @@ class WriteBehind:
             started = time.perf_counter()
             try:
                 resolved = await self._write(batch, seen)
-            except Exception:
+            except Exception as exc:
                 # Keep the data: put "last seen" back and retry the batch on
                 # the next round (the database may be restarting).
                 self.failures += 1
                 for pile_id, at in seen.items():
                     self.touch(pile_id, at)
-                log.exception("write batch failed; will retry", ops=len(batch))
+                if refused_data(exc):
+                    # Retrying would fail the same way, forever, and the full
+                    # queue would then hold up every charger: find the
+                    # refused groups and write the others.
+                    log.warning(
+                        "write batch refused by the database; isolating the refused operations",
+                        ops=len(batch),
+                        error=_short(exc),
+                    )
+                    groups = list(itertools.islice(self._queue, n))
+                    if await self._bisect(groups, exc):
+                        self.failures = 0
+                        continue
+                    exc_info = False  # _bisect logged the error that stopped it
+                else:
+                    exc_info = True
+                log.error("write batch failed; will retry", ops=len(batch), exc_info=exc_info)
                 await asyncio.sleep(min(5.0, 0.2 * self.failures))
                 if self._closed and self.failures > 50:
                     log.error("giving up on queued writes at shutdown", lost=self._queued_ops)
@@ -323,21 +374,70 @@ class WriteBehind:
                     return
                 continue
             self.failures = 0
-            for fut, value in resolved:
-                if not fut.done():
-                    fut.set_result(value)
-            for _ in range(n):
-                self._queue.popleft()
-            self._queued_ops -= len(batch)
             if self._metrics is not None:
                 self._metrics.storage_flush_seconds.observe(time.perf_counter() - started)
-            if self._queued_ops < self._max_items:
-                self._space.set()
-            async with self._flushed:
-                self._done += n
-                self._flushed.notify_all()
-            if self.on_flush is not None:
-                self.on_flush()
+            await self._retire(n, len(batch), resolved)
+
+    async def _retire(
+        self, n: int, ops: int, resolved: list[tuple[asyncio.Future[Any], Any]]
+    ) -> None:
+        """The first ``n`` groups (``ops`` operations) are written or refused:
+        resolve their callers, take them off the queue, wake the waiters."""
+        for fut, value in resolved:
+            if not fut.done():
+                fut.set_result(value)
+        for _ in range(n):
+            self._queue.popleft()
+        self._queued_ops -= ops
+        if self._queued_ops < self._max_items:
+            self._space.set()
+        async with self._flushed:
+            self._done += n
+            self._flushed.notify_all()
+        if self.on_flush is not None:
+            self.on_flush()
+
+    async def _bisect(self, groups: list[tuple[WriteOp, ...]], exc: BaseException) -> bool:
+        """``groups``, the head of the queue, failed together with ``exc``
+        (refused data). Write them in halves, in order, until each refused
+        group is alone; a group refused on its own is dropped, logged with
+        its operations. About 2·log2(groups) transactions per refused group.
+        False when another kind of error stopped it: what is left stays
+        queued and the flusher retries it as usual."""
+        if len(groups) == 1:
+            self._refuse(groups[0], exc)
+            await self._retire(1, len(groups[0]), [])
+            return True
+        half = len(groups) // 2
+        for part in (groups[:half], groups[half:]):
+            batch = [op for group in part for op in group]
+            try:
+                resolved = await self._write(batch, {})
+            except Exception as error:
+                if not refused_data(error):
+                    log.exception("write failed while isolating refused data", ops=len(batch))
+                    return False
+                if not await self._bisect(part, error):
+                    return False
+            else:
+                await self._retire(len(part), len(batch), resolved)
+        return True
+
+    def _refuse(self, group: tuple[WriteOp, ...], exc: BaseException) -> None:
+        """Drop a group the database refuses on its own. The log line keeps
+        its data (the charger was answered and will not send it again)."""
+        log.error(
+            "write refused by the database; operations dropped",
+            pile_ids=sorted({p for op in group if (p := getattr(op, "pile_id", None))}),
+            error=_short(exc),
+            operations=[repr(op)[:2000] for op in group[:50]],
+            count=len(group),
+        )
+        for op in group:
+            if self._metrics is not None:
+                self._metrics.storage_refused_ops.labels(kind=type(op).__name__).inc()
+            if type(op) is DurableOp and not op.future.done():
+                op.future.set_exception(exc)
 
     async def _write(
         self, batch: list[WriteOp], seen: dict[str, datetime]
