@@ -25,7 +25,8 @@ from .events import (
     new_event,
     presence_topic,
 )
-from .storage.writer import GunStatusOp, MeterSampleOp, OutboxOp, PresenceOp, WriteOp
+from .storage.meter import samples_of
+from .storage.writer import GunStatusOp, MeterReadingOp, OutboxOp, PresenceOp, WriteOp
 
 
 class EventSink:
@@ -71,19 +72,20 @@ class EventSink:
         at: datetime,
         connector_id: int,
         transaction_key: int,
-        samples: Sequence[MeterSampleOp],
+        readings: Sequence[MeterReadingOp],
     ) -> tuple[OutboxOp, ...]:
-        """The ``meter.samples`` event of stored samples (OCPP MeterValues,
-        CBP/1 0x13). Nothing is built when events are off: building the
+        """The ``meter.samples`` event of stored readings (OCPP MeterValues,
+        CBP/1 0x13): their sampled values with the §7.43 defaults, in the
+        order sent. Nothing is built when events are off: building the
         payload was 3 % of the mixed load's profile."""
-        if not self.enabled or not samples:
+        if not self.enabled or not readings:
             return ()
         payload = MeterSamples(
             connector_id=connector_id,
             transaction_id=transaction_key or None,
             samples=[
                 MeterSample(
-                    at=x.at,
+                    at=r.at,
                     measurand=x.measurand,
                     phase=x.phase,
                     unit=x.unit,
@@ -92,7 +94,8 @@ class EventSink:
                     value=x.value,
                     value_num=x.value_num,
                 )
-                for x in samples
+                for r in readings
+                for x in samples_of(r.samples)
             ],
         )
         return self.op("meter.samples", pile_id, at, payload)

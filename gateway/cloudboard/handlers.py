@@ -53,12 +53,13 @@ from ..events import (
     TransactionStopped,
 )
 from ..ocpp.handlers import iso, token_view
+from ..storage.meter import encode
 from ..storage.repo import EventRows
 from ..storage.writer import (
     ChargerMessageOp,
     GunStatusOp,
     KindEvidenceOp,
-    MeterSampleOp,
+    MeterReadingOp,
     PileUpdateOp,
     WriteOp,
 )
@@ -222,44 +223,50 @@ class CbpHandlers:
             ops.append(op)
             ops.extend(s.events.gun_status_op(op, now))
         tx_key = await self._transaction_key(m, at, now)
-        samples = self._samples(m, at, now, tx_key, "Trigger" if triggered else "Sample.Periodic")
-        ops.extend(samples)
-        ops.extend(s.events.meter_samples_op(conn.pile_id, now, gun, tx_key, samples))
+        reading = self._reading(m, at, now, tx_key, "Trigger" if triggered else "Sample.Periodic")
+        ops.append(reading)
+        ops.extend(s.events.meter_samples_op(conn.pile_id, now, gun, tx_key, (reading,)))
         await s.writer.put(*ops)
         if m.soc is not None and conn.kind == "AC" and not self._soc_flagged:
             # CBP/1 §3 0x13: SoC is 0xFF (unknown) "always for AC".
             self._soc_flagged = True
             await self.flag_kind({"source": "realtime_soc", "soc": m.soc, "gun": gun})
 
-    def _samples(
+    def _reading(
         self, m: RealtimeData, at: datetime, now: datetime, tx_key: int, context: str
-    ) -> list[MeterSampleOp]:
-        values: list[tuple[str, str, str, float, str]] = [
-            ("Voltage", "V", f"{m.voltage_dv / 10:.1f}", m.voltage_dv / 10, "Outlet"),
-            ("Current.Import", "A", f"{m.current_da / 10:.1f}", m.current_da / 10, "Outlet"),
-            ("Power.Active.Import", "W", str(m.power_w), float(m.power_w), "Outlet"),
-            ("Energy.Active.Import.Register", "Wh", str(m.meter_wh), float(m.meter_wh), "Outlet"),
+    ) -> MeterReadingOp:
+        """The 0x13 values as one OCPP §7.31 MeterValue element (its
+        sampledValue list in OCPP names), stored like an OCPP pile's."""
+        values: list[tuple[str, str, str, str]] = [
+            ("Voltage", "V", f"{m.voltage_dv / 10:.1f}", "Outlet"),
+            ("Current.Import", "A", f"{m.current_da / 10:.1f}", "Outlet"),
+            ("Power.Active.Import", "W", str(m.power_w), "Outlet"),
+            ("Energy.Active.Import.Register", "Wh", str(m.meter_wh), "Outlet"),
         ]
         if m.soc is not None:
-            values.append(("SoC", "Percent", str(m.soc), float(m.soc), "EV"))
-        return [
-            MeterSampleOp(
-                pile_id=self.conn.pile_id,
-                connector_id=m.gun,
-                transaction_key=tx_key,
-                at=at,
-                measurand=measurand,
-                phase="",
-                unit=unit,
-                context=context,
-                location=location,
-                format="Raw",
-                value=text,
-                value_num=number,
-                received_at=now,
-            )
-            for measurand, unit, text, number, location in values
-        ]
+            values.append(("SoC", "Percent", str(m.soc), "EV"))
+        text, digest = encode(
+            [
+                {
+                    "value": value,
+                    "context": context,
+                    "format": "Raw",
+                    "measurand": measurand,
+                    "location": location,
+                    "unit": unit,
+                }
+                for measurand, unit, value, location in values
+            ]
+        )
+        return MeterReadingOp(
+            pile_id=self.conn.pile_id,
+            transaction_key=tx_key,
+            connector_id=m.gun,
+            at=at,
+            digest=digest,
+            samples=text,
+            received_at=now,
+        )
 
     async def _transaction_key(self, m: RealtimeData, at: datetime, now: datetime) -> int:
         """The transaction id the sample belongs to (0: none), from its SERIAL.
@@ -539,7 +546,7 @@ class CbpHandlers:
                 reason=reason,
                 stop_id_tag=m.token,
                 stop_offline=stop_offline,
-                samples=[],
+                readings=[],
                 now=now,
                 raw_payload=raw,
                 events=stopped_events if s.events.enabled else None,

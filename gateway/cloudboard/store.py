@@ -15,7 +15,7 @@ from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from ..storage.models import MeterValue, Transaction
+from ..storage.models import MeterReading, Transaction
 from ..storage.repo import Store, TransactionRecord
 
 
@@ -105,31 +105,31 @@ async def attach_samples_in(
     start_at: datetime,
     stop_at: datetime,
 ) -> int:
-    """Give the gun's samples stored outside any transaction (key 0) between
-    start and stop to the transaction: samples that arrived before the
-    gateway knew the session (its SERIAL was not one it assigned). A sample
-    already stored under the transaction is left alone (unique key)."""
-    other = aliased(MeterValue)
+    """Give the gun's meter readings stored outside any transaction (key 0)
+    between start and stop to the transaction: readings that arrived before
+    the gateway knew the session (its SERIAL was not one it assigned). A
+    reading already stored under the transaction (same time and digest) is
+    left alone (primary key); for a sampled value stored under both, the
+    reader keeps the first received (gateway/storage/meter.py ``merge``).
+    Returns the number of readings moved."""
+    other = aliased(MeterReading)
     duplicate = exists().where(
         and_(
-            other.pile_id == MeterValue.pile_id,
-            other.connector_id == MeterValue.connector_id,
+            other.pile_id == MeterReading.pile_id,
             other.transaction_key == transaction_id,
-            other.at == MeterValue.at,
-            other.measurand == MeterValue.measurand,
-            other.phase == MeterValue.phase,
-            other.location == MeterValue.location,
-            other.context == MeterValue.context,
+            other.connector_id == MeterReading.connector_id,
+            other.at == MeterReading.at,
+            other.digest == MeterReading.digest,
         )
     )
     res = await s.execute(
-        update(MeterValue)
+        update(MeterReading)
         .where(
-            MeterValue.pile_id == pile_id,
-            MeterValue.connector_id == connector_id,
-            MeterValue.transaction_key == 0,
-            MeterValue.at >= start_at,
-            MeterValue.at <= stop_at,
+            MeterReading.pile_id == pile_id,
+            MeterReading.transaction_key == 0,
+            MeterReading.connector_id == connector_id,
+            MeterReading.at >= start_at,
+            MeterReading.at <= stop_at,
             ~duplicate,
         )
         .values(transaction_key=transaction_id)

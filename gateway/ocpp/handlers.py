@@ -35,12 +35,13 @@ from ..events import (
     TransactionStarted,
     TransactionStopped,
 )
+from ..storage.meter import encode, measurands
 from ..storage.repo import TokenRecord
 from ..storage.writer import (
     ChargerMessageOp,
     GunStatusOp,
     KindEvidenceOp,
-    MeterSampleOp,
+    MeterReadingOp,
     PileUpdateOp,
     WriteOp,
 )
@@ -150,13 +151,6 @@ def id_tag_info(status: AuthStatus, token: TokenView | None) -> dict[str, Any]:
         if token.parent_id_tag:
             info["parentIdTag"] = token.parent_id_tag
     return info
-
-
-def _float_or_none(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        return None  # SignedData and vendor formats are kept as text only
 
 
 class OcppHandlers:
@@ -275,7 +269,7 @@ class OcppHandlers:
         now = self.s.clock()
         at = parse_time(p["timestamp"]) if p.get("timestamp") else now
         pile_id = self.conn.pile_id
-        # Positional, in GunStatusOp's field order (as _samples does).
+        # Positional, in GunStatusOp's field order (as _readings does).
         op = GunStatusOp(
             pile_id,
             connector,  # connector_id
@@ -366,40 +360,23 @@ class OcppHandlers:
         )
         return {"transactionId": tx.id, "idTagInfo": id_tag_info(status, token)}
 
-    def _samples(
+    def _readings(
         self,
         meter_values: list[dict[str, Any]],
         connector: int,
         tx_key: int,
         now: datetime,
         field: str = "meterValue",
-    ) -> list[MeterSampleOp]:
-        out: list[MeterSampleOp] = []
+    ) -> list[MeterReadingOp]:
+        """One op per §7.31 MeterValue element: its sampledValue list is
+        stored as sent (gateway/storage/meter.py)."""
+        out: list[MeterReadingOp] = []
         pile_id = self.conn.pile_id
         for i, mv in enumerate(meter_values):
             at = parse_time(mv["timestamp"], f"{field}[{i}].timestamp")
-            for sv in mv["sampledValue"]:
-                value = sv["value"]
-                measurand = sv.get("measurand", "Energy.Active.Import.Register")
-                # Positional, in MeterSampleOp's field order (the names are
-                # in the comments): half the cost of keywords, per sample.
-                out.append(
-                    MeterSampleOp(
-                        pile_id,
-                        connector,  # connector_id
-                        tx_key,  # transaction_key
-                        at,
-                        measurand,
-                        sv.get("phase", ""),
-                        sv.get("unit", "Wh" if measurand.startswith("Energy") else ""),
-                        sv.get("context", "Sample.Periodic"),
-                        sv.get("location", "Outlet"),
-                        sv.get("format", "Raw"),
-                        value,
-                        _float_or_none(value),  # value_num
-                        now,  # received_at
-                    )
-                )
+            text, digest = encode(mv["sampledValue"])
+            # Positional, in MeterReadingOp's field order.
+            out.append(MeterReadingOp(pile_id, tx_key, connector, at, digest, text, now))
         return out
 
     async def stop_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -411,7 +388,7 @@ class OcppHandlers:
         known = await s.store.get_transaction(tx_id)
         known_here = known is not None and known.pile_id == self.conn.pile_id
         connector = known.connector_id if known is not None and known_here else 0
-        samples = self._samples(
+        readings = self._readings(
             p.get("transactionData") or [],
             connector,
             tx_id if known_here else 0,
@@ -432,7 +409,7 @@ class OcppHandlers:
                     self.conn.connected_at,
                     timedelta(seconds=s.settings.clock_skew_tolerance),
                 ),
-                samples=[_sample_row(x) for x in samples],
+                readings=[x._asdict() for x in readings],
                 now=now,
                 raw_payload=json.dumps(p, separators=(",", ":")),
                 events=(
@@ -474,39 +451,41 @@ class OcppHandlers:
         return reply
 
     async def meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
-        connector, samples, events = self._meter_ops(p)
+        connector, readings, events = self._meter_ops(p)
         if not self.conn.soc_flagged and self.conn.kind == "AC":
-            dc_only = sorted({x.measurand for x in samples} & DC_ONLY_MEASURANDS)
+            dc_only = sorted(_measurands(p) & DC_ONLY_MEASURANDS)
             if dc_only:
                 self.conn.soc_flagged = True
                 await self._flag_kind(
                     {"source": "meter_values", "measurands": dc_only, "connector": connector}
                 )
-        await self.s.writer.put(*samples, *events)
+        await self.s.writer.put(*readings, *events)
         return {}
 
     def fast_meter_values(self, p: dict[str, Any]) -> dict[str, Any] | None:
         """``meter_values`` without waiting: None (and nothing done) when the
         write queue is full or an AC pile reports DC-only measurands for the
         first time (the kind evidence is recorded on the awaiting path)."""
-        _, samples, events = self._meter_ops(p)
         if (
             not self.conn.soc_flagged
             and self.conn.kind == "AC"
-            and not DC_ONLY_MEASURANDS.isdisjoint(x.measurand for x in samples)
+            and not DC_ONLY_MEASURANDS.isdisjoint(_measurands(p))
         ):
             return None
-        if not self.s.writer.try_put(*samples, *events):
+        _, readings, events = self._meter_ops(p)
+        if not self.s.writer.try_put(*readings, *events):
             return None
         return {}
 
-    def _meter_ops(self, p: dict[str, Any]) -> tuple[int, list[MeterSampleOp], tuple[WriteOp, ...]]:
+    def _meter_ops(
+        self, p: dict[str, Any]
+    ) -> tuple[int, list[MeterReadingOp], tuple[WriteOp, ...]]:
         now = self.s.clock()
         connector = int(p["connectorId"])
         tx_key = int(p.get("transactionId") or 0)
-        samples = self._samples(p["meterValue"], connector, tx_key, now)
-        events = self.s.events.meter_samples_op(self.conn.pile_id, now, connector, tx_key, samples)
-        return connector, samples, events
+        readings = self._readings(p["meterValue"], connector, tx_key, now)
+        events = self.s.events.meter_samples_op(self.conn.pile_id, now, connector, tx_key, readings)
+        return connector, readings, events
 
     async def _probe_kind(self) -> None:
         """Read the configured keys (GetConfiguration) whose values reveal AC
@@ -610,5 +589,9 @@ HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
 }
 
 
-def _sample_row(op: MeterSampleOp) -> dict[str, Any]:
-    return op._asdict()
+def _measurands(p: dict[str, Any]) -> set[str]:
+    """The measurands of a MeterValues request, defaults included."""
+    out: set[str] = set()
+    for mv in p["meterValue"]:
+        out |= measurands(mv["sampledValue"])
+    return out

@@ -1,6 +1,6 @@
 """Statements the write-behind queue runs as plain driver ``executemany``.
 
-The hot rows (meter samples, gun status events, current gun status, "last
+The hot rows (meter readings, gun status events, current gun status, "last
 seen") are written in batches of thousands. Through SQLAlchemy's ORM bulk
 insert each row paid for parameter construction and bind processors in
 Python (a quarter of the gateway's CPU in the mixed-load profile,
@@ -30,7 +30,7 @@ from .models import (
     ChargerMessage,
     Gun,
     GunStatusEvent,
-    MeterValue,
+    MeterReading,
     OutboxEvent,
     Pile,
     PresenceEvent,
@@ -155,12 +155,12 @@ class RawStatements:
     """The compiled statements of one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
-        # Retransmitted samples are ignored by the unique key.
-        self.meter_values = _compile(
-            dialect_insert(dialect, MeterValue).on_conflict_do_nothing(),
+        # Retransmitted readings are ignored by the primary key.
+        self.meter_readings = _compile(
+            dialect_insert(dialect, MeterReading).on_conflict_do_nothing(),
             dialect,
-            _columns(MeterValue),
-            _datetimes(MeterValue),
+            _columns(MeterReading),
+            _datetimes(MeterReading),
         )
         self.gun_status_events = _compile(
             insert(GunStatusEvent), dialect, _columns(GunStatusEvent), _datetimes(GunStatusEvent)

@@ -21,10 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from pileid import PileId
 
 from .db import session_factory
+from .meter import StoredReading, merge
 from .models import (
     ChargerMessage,
     Gun,
-    MeterValue,
+    MeterReading,
     OrphanStop,
     OutboxEvent,
     Pile,
@@ -594,13 +595,14 @@ class Store:
         reason: str | None,
         stop_id_tag: str | None,
         stop_offline: bool,
-        samples: list[dict[str, Any]],
+        readings: list[dict[str, Any]],
         now: datetime,
         raw_payload: str,
         events: EventRows | None = None,
         node_id: str = "",
     ) -> TransactionRecord | None:
-        """Complete a transaction with its final samples, in one database
+        """Complete a transaction with its final meter readings (rows of
+        ``meter_readings``, StopTransaction's transactionData), in one database
         transaction. Returns None (and records an orphan stop) when the id is
         unknown for this pile. Idempotent: a repeated stop changes nothing."""
         row = await s.get(Transaction, transaction_id, with_for_update=True)
@@ -617,8 +619,8 @@ class Store:
                     received_at=now,
                 )
             )
-            if samples:
-                await s.execute(insert_ignore(s, MeterValue, samples))
+            if readings:
+                await s.execute(insert_ignore(s, MeterReading, readings))
             return None
         first_stop = row.status != "completed"
         if first_stop:
@@ -630,8 +632,8 @@ class Store:
             row.stop_offline = stop_offline
             row.status = "completed"
             row.updated_at = now
-        if samples:
-            await s.execute(insert_ignore(s, MeterValue, samples))
+        if readings:
+            await s.execute(insert_ignore(s, MeterReading, readings))
         await s.flush()
         rec: TransactionRecord = _copy(TransactionRecord, row)
         if first_stop and events is not None:
@@ -681,26 +683,43 @@ class Store:
             return [_copy(TransactionRecord, r) for r in rows]
 
     async def meter_values(self, transaction_id: int) -> list[MeterValueRecord]:
-        """Samples of a transaction; only those its own pile sent (another pile
-        naming the same transaction id adds nothing to this curve)."""
+        """Sampled values of a transaction; only those its own pile sent
+        (another pile naming the same transaction id adds nothing to this
+        curve). Per connector, time, measurand, phase, location and context
+        the first received wins (gateway/storage/meter.py ``merge``)."""
         async with self._sessions() as s:
             pile_id = await s.scalar(
                 select(Transaction.pile_id).where(Transaction.id == transaction_id)
             )
             if pile_id is None:
                 return []
-            rows = await s.scalars(
-                select(MeterValue)
-                .where(MeterValue.transaction_key == transaction_id, MeterValue.pile_id == pile_id)
-                .order_by(
-                    MeterValue.at,
-                    MeterValue.measurand,
-                    MeterValue.phase,
-                    MeterValue.location,
-                    MeterValue.context,
+            rows = await s.execute(
+                select(
+                    MeterReading.connector_id,
+                    MeterReading.at,
+                    MeterReading.samples,
+                    MeterReading.received_at,
+                ).where(
+                    MeterReading.pile_id == pile_id,
+                    MeterReading.transaction_key == transaction_id,
                 )
             )
-            return [_copy(MeterValueRecord, r) for r in rows]
+            readings = [StoredReading(*r) for r in rows]
+        return [
+            MeterValueRecord(
+                at=m.at,
+                connector_id=m.connector_id,
+                measurand=m.sample.measurand,
+                phase=m.sample.phase,
+                unit=m.sample.unit,
+                context=m.sample.context,
+                location=m.sample.location,
+                format=m.sample.format,
+                value=m.sample.value,
+                value_num=m.sample.value_num,
+            )
+            for m in merge(readings)
+        ]
 
     async def orphan_stops(self, pile_id: str | None = None) -> list[OrphanStopRecord]:
         stmt = select(OrphanStop).order_by(OrphanStop.id.desc()).limit(1000)

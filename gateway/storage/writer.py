@@ -72,19 +72,16 @@ class GunStatusOp(NamedTuple):
     received_at: datetime
 
 
-class MeterSampleOp(NamedTuple):
+class MeterReadingOp(NamedTuple):
+    """One OCPP MeterValue element (a ``meter_readings`` row; samples and
+    digest from gateway/storage/meter.py ``encode``)."""
+
     pile_id: str
-    connector_id: int
     transaction_key: int
+    connector_id: int
     at: datetime
-    measurand: str
-    phase: str
-    unit: str
-    context: str
-    location: str
-    format: str
-    value: str
-    value_num: float | None
+    digest: int
+    samples: str
     received_at: datetime
 
 
@@ -158,7 +155,7 @@ KIND_EVIDENCE_MAX = 20
 WriteOp = (
     PresenceOp
     | GunStatusOp
-    | MeterSampleOp
+    | MeterReadingOp
     | ChargerMessageOp
     | PileUpdateOp
     | KindEvidenceOp
@@ -452,7 +449,7 @@ class WriteBehind:
             # "Where the time goes"). Outbox rows keep their order: they are
             # written before anything that adds outbox rows itself.
             raw = statements_for(s)
-            meters: list[MeterSampleOp] = []
+            readings: list[MeterReadingOp] = []
             gun_events: list[GunStatusOp] = []
             guns: dict[tuple[str, int], dict[str, Any]] = {}
             outbox: list[dict[str, Any]] = []
@@ -476,9 +473,9 @@ class WriteBehind:
 
             for op in batch:
                 kind = type(op)
-                if kind is MeterSampleOp:
-                    assert isinstance(op, MeterSampleOp)
-                    meters.append(op)
+                if kind is MeterReadingOp:
+                    assert isinstance(op, MeterReadingOp)
+                    readings.append(op)
                 elif kind is GunStatusOp:
                     assert isinstance(op, GunStatusOp)
                     gun_events.append(op)
@@ -559,7 +556,7 @@ class WriteBehind:
             await drain()
             # Objects a durable write added to the session.
             await s.flush()
-            await executemany(s, raw.meter_values, meters, attrs=True)
+            await executemany(s, raw.meter_readings, readings, attrs=True)
             await executemany(s, raw.gun_status_events, gun_events, attrs=True)
             await executemany(s, raw.gun_upsert, guns.values())
             await executemany(
