@@ -10,7 +10,8 @@ sends *cycles* back to back:
 
 1. 0x13 real-time data of gun 1, charging (a SERIAL made by the charger,
    growing energy register): stored as 5 meter samples on a DC pile
-   (voltage, current, power, energy register, SoC; 4 on an AC pile);
+   (voltage, current, power, energy register, SoC; 4 on an AC pile), one
+   ``meter_readings`` row holding them;
 2. 0x13 real-time data of gun 2 with a status change (Available ↔
    Preparing, alternately): stored as one gun status event, plus its 4 meter
    samples (SoC unknown: no car yet);
@@ -27,7 +28,8 @@ Figures: frames processed per second (3 × cycles whose 0x04 arrived in the
 measured window / window); cycle latency (first byte of the cycle's first
 0x13 written → its 0x04 received; an upper bound of each of the three frames'
 latency); the rows the gateway must have stored for the cycles it confirmed
-(``rows_expected``: ``meter_values``, ``gun_status_events``, by the gateway's
+(``rows_expected``: ``meter_samples``, the sampled values stored in
+``meter_readings``, and ``gun_status_events``, by the gateway's
 rule that a gun's status is stored when it or the fault code changes), and
 for the cycles still unconfirmed at the end (``rows_unconfirmed``: stored or
 not). ``bench/run.py`` compares them with the database after the drain.
@@ -153,7 +155,7 @@ class CbpCharger(asyncio.Protocol):
         self.outstanding = False  # a cycle waits for its 0x04
         self.hb_seq = b""
         self.sent_at = 0.0
-        self.cycle_rows: tuple[int, int] = (0, 0)  # (meter rows, status events) of the cycle
+        self.cycle_rows: tuple[int, int] = (0, 0)  # (meter samples, status events) of the cycle
         self.last_ms = 0
         self.energy_wh = random.randint(100_000, 10_000_000)
         self.g2_meter_wh = random.randint(100_000, 10_000_000)
@@ -222,7 +224,8 @@ class CbpCharger(asyncio.Protocol):
         return local_time(ms)
 
     def _expect(self, m: RealtimeData) -> tuple[int, int]:
-        """(meter rows, status events) the gateway stores for this 0x13."""
+        """(meter samples, status events) the gateway stores for this 0x13
+        (the samples in one ``meter_readings`` row)."""
         key = (m.status, m.fault_code)
         changed = self.last_status.get(m.gun) != key
         self.last_status[m.gun] = key
@@ -271,9 +274,9 @@ class CbpCharger(asyncio.Protocol):
         stats = self.stats
         charging = self._realtime(1)
         status = self._realtime(2)
-        rows_c, ev_c = self._expect(charging)
-        rows_s, ev_s = self._expect(status)
-        self.cycle_rows = (rows_c + rows_s, ev_c + ev_s)
+        samples_c, ev_c = self._expect(charging)
+        samples_s, ev_s = self._expect(status)
+        self.cycle_rows = (samples_c + samples_s, ev_c + ev_s)
         self.outstanding = True
         self.sent_at = time.perf_counter()
         self._write(self._frame(charging))
@@ -295,8 +298,8 @@ class CbpCharger(asyncio.Protocol):
             self.outstanding = False
             for kind in FRAMES:
                 stats.confirmed[kind] += 1
-            meter_rows, status_events = self.cycle_rows
-            stats.rows_expected["meter_values"] += meter_rows
+            meter_samples, status_events = self.cycle_rows
+            stats.rows_expected["meter_samples"] += meter_samples
             stats.rows_expected["gun_status_events"] += status_events
             if stats.phase == "measure":
                 stats.cycles_in_window += 1
@@ -337,8 +340,8 @@ class CbpCharger(asyncio.Protocol):
             # Stored too (context Trigger): counted with the cycle's rows if it
             # comes while a cycle is out, else right away (it is handled in order).
             data = self._realtime(m.gun)
-            rows, events = self._expect(data)
-            self.stats.rows_expected["meter_values"] += rows
+            samples, events = self._expect(data)
+            self.stats.rows_expected["meter_samples"] += samples
             self.stats.rows_expected["gun_status_events"] += events
             return data
         if isinstance(m, Reboot):
@@ -418,7 +421,7 @@ async def run_cbp_mixed(args: argparse.Namespace) -> dict[str, Any]:
     unconfirmed = [c for c in chargers if c.outstanding]
     rows_unconfirmed: Counter[str] = Counter()
     for c in unconfirmed:
-        rows_unconfirmed["meter_values"] += c.cycle_rows[0]
+        rows_unconfirmed["meter_samples"] += c.cycle_rows[0]
         rows_unconfirmed["gun_status_events"] += c.cycle_rows[1]
     closed_before_end = stats.closed_links
     for c in chargers:

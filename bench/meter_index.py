@@ -6,10 +6,18 @@ key on the same columns led by (pile_id, transaction_key). Migration 0007
 made that key the primary key, without the surrogate id (a WITHOUT ROWID
 table on SQLite). This writes the same meter rows into a database migrated
 to each, on SQLite and on PostgreSQL, in one run, the way the
-write-behind queue does: batches of 5,000 rows, one transaction each, the
-gateway's compiled INSERT ... ON CONFLICT DO NOTHING through the driver's
-executemany (gateway/storage/rawsql.py). It prints rows/s for each, and on
-SQLite the size of the database file (with its WAL) afterwards.
+write-behind queue did: batches of 5,000 rows, one transaction each, the
+compiled INSERT ... ON CONFLICT DO NOTHING through the driver's executemany
+(gateway/storage/rawsql.py). It prints rows/s for each, and on SQLite the
+size of the database file (with its WAL) afterwards.
+
+Migration 0008 replaced ``meter_values`` (one row per sampled value) by
+``meter_readings`` (one row per OCPP MeterValue element), so the gateway no
+longer has the table's model nor its statement: the table as 0007 left it
+(``METER_VALUES``) and its statement (``meter_values_statement``, compiled
+the way gateway/storage/rawsql.py compiled it) are defined here, and the
+databases are migrated to 0005, 0006 and 0007, not to head.
+bench/meter_row_shape.py uses them too (the per-sample shape).
 
     .venv/bin/python bench/meter_index.py [--rows 400000] [--pg-admin-url URL]
 """
@@ -26,18 +34,81 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 from run import _pg
-from sqlalchemy import insert
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    insert,
+)
+from sqlalchemy.engine import Dialect
 
 from gateway.storage import db
-from gateway.storage.models import Pile
-from gateway.storage.rawsql import executemany, statements_for
+from gateway.storage.models import Pile, UTCDateTime
+from gateway.storage.rawsql import RawStatement, _compile, dialect_insert, executemany
 
 MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage")
 BATCH = 5_000
 PILES = [f"4420000001{i:010d}" for i in range(100)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+# meter_values as migration 0007 left it (0008 replaced it by meter_readings),
+# and a stand-in for ``piles`` so that the foreign key renders in its DDL.
+_meta = MetaData()
+Table("piles", _meta, Column("pile_id", String(20), primary_key=True))
+METER_VALUES = Table(
+    "meter_values",
+    _meta,
+    Column("pile_id", String(20), nullable=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("transaction_key", BigInteger, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("measurand", String(48), nullable=False),
+    Column("phase", String(8), nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("context", String(32), nullable=False),
+    Column("location", String(16), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("value_num", Float, nullable=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(
+        ["pile_id"], ["piles.pile_id"], name="fk_meter_values_pile_id_piles", ondelete="CASCADE"
+    ),
+    PrimaryKeyConstraint(
+        "pile_id",
+        "transaction_key",
+        "connector_id",
+        "at",
+        "measurand",
+        "phase",
+        "location",
+        "context",
+        name="pk_meter_values",
+    ),
+    sqlite_with_rowid=False,
+)
+
+
+def meter_values_statement(dialect: Dialect) -> RawStatement:
+    """The write-behind queue's statement for ``meter_values`` before
+    migration 0008: INSERT ... ON CONFLICT DO NOTHING (retransmitted samples
+    were ignored by the key), compiled as gateway/storage/rawsql.py does."""
+    return _compile(
+        dialect_insert(dialect, cast(Any, METER_VALUES)).on_conflict_do_nothing(),  # a Table
+        dialect,
+        tuple(c.key for c in METER_VALUES.columns),
+        frozenset(c.key for c in METER_VALUES.columns if isinstance(c.type, UTCDateTime)),
+    )
 
 
 def meter_rows(first: int, total: int) -> list[dict[str, object]]:
@@ -88,12 +159,13 @@ async def rows_per_second(url: str, revision: str, total: int) -> float:
                 ],
             )
         sessions = db.session_factory(engine)
+        stmt = meter_values_statement(engine.dialect)
         spent = 0.0
         for first in range(0, total, BATCH):
             batch = meter_rows(first, total)
             started = time.perf_counter()
             async with sessions() as s, s.begin():
-                await executemany(s, statements_for(s).meter_values, batch)
+                await executemany(s, stmt, batch)
             spent += time.perf_counter() - started
         return total / spent
     finally:
@@ -132,7 +204,7 @@ async def main() -> None:
     layouts = {
         "0005 (id, unique key, ix_meter_values_tx)": "0005",
         "0006 (id, unique key)": "0006",
-        "0007 = head (the key is the primary key)": "head",
+        "0007 (the key is the primary key; 0008 replaced the table)": "0007",
     }
     print(f"{args.rows:,} meter rows in batches of {BATCH:,}")
     for name, revision in layouts.items():

@@ -1,18 +1,24 @@
-"""One row per sample (today) or one row per MeterValues: the cost per message.
+"""One row per sample (before 0008) or one row per MeterValue element (today): the cost per message.
 
-Data for a decision, not a change: under the mixed load a third of the
-messages are MeterValues with 4 sampled values, and each sample is a row of
-``meter_values`` (gateway/storage/models.py), 1.33 rows per message. This
-measures, in one run, what a MeterValues message of 4 samples costs the
-gateway's one core to store
+Under the mixed load a third of the messages are MeterValues with 4 sampled
+values. Until migration 0008 each sampled value was a row of
+``meter_values``, 1.33 rows per message; since then each OCPP MeterValue
+element is one row of ``meter_readings`` (gateway/storage/models.py), its
+sampledValue list as JSON text. This measures, in one run, what a
+MeterValues message of 4 samples costs the gateway's one core to store
 
-- as today: the handler's 4 ``MeterSampleOp`` (``OcppHandlers._samples``),
-  their parameter rows (``RawStatement.rows``) and 4 inserts through the
-  gateway's own compiled INSERT ... ON CONFLICT DO NOTHING;
-- as one row per meterValue element: the key (pile_id, transaction_key,
-  connector_id, at), the sampledValue list as received, as JSON text
-  (orjson), and received_at, in a table made here (``meter_values_per_message``,
-  WITHOUT ROWID on SQLite, with the same foreign key to ``piles``);
+- one row per sample, as before 0008: the 4 ``MeterSampleOp`` the handler
+  made (``sample_ops``, the handler's code of then), their parameter rows
+  (``RawStatement.rows``) and 4 inserts through the INSERT ... ON CONFLICT
+  DO NOTHING the gateway compiled for ``meter_values``. The gateway no longer
+  has that op, model nor statement: they are defined here and in
+  bench/meter_index.py (``METER_VALUES``, the table as 0007 left it,
+  created next to the gateway's schema, with its foreign key to ``piles``);
+- one row per meterValue element, as today: the handler's ``MeterReadingOp``
+  (``OcppHandlers._readings``: the key pile_id, transaction_key,
+  connector_id, at and the digest of the sampledValue list's orjson text,
+  the text, received_at), its parameter rows and the gateway's own statement
+  for ``meter_readings`` (WITHOUT ROWID on SQLite, with the foreign key);
 
 on SQLite (the driver's executemany in batches of 5,000 sample rows, one
 transaction each, with pilegate's pragmas; the per-sample shape also with
@@ -21,7 +27,8 @@ batches), each batch built just before it is written, with the gateway's
 garbage collector settings. It prints µs per MeterValues for building the
 rows (the event loop's thread in the gateway) and for writing them (the
 database thread, or the wait for PostgreSQL), and the total, for
-``--repeat`` rounds of every case in turn.
+``--repeat`` rounds of every case in turn. It checks that every row was
+stored.
 
     .venv/bin/python bench/meter_row_shape.py [--messages 100000] [--repeat 2] [--pg-admin-url URL]
 """
@@ -42,36 +49,20 @@ from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import asyncpg
-import orjson
-from meter_index import MEASURANDS, PILES, T0, _pg_database
+from meter_index import MEASURANDS, METER_VALUES, PILES, T0, _pg_database, meter_values_statement
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from gateway.ocpp.handlers import OcppHandlers, parse_time
 from gateway.storage import db
 from gateway.storage.db import SQLITE_CACHE_MIB, SQLITE_WAL_AUTOCHECKPOINT
-from gateway.storage.rawsql import RawStatement, RawStatements, pg_datetime, sqlite_datetime
+from gateway.storage.meter import float_or_none
+from gateway.storage.rawsql import RawStatements
 
 SAMPLES = 4
 # (pile ID, MeterValues payload, received at) -> the write ops of the message
 Build = Callable[[str, dict[str, Any], datetime], list[Any]]
 BATCH_MESSAGES = 5_000 // SAMPLES  # the write-behind queue's batch of sample rows
-
-PER_MESSAGE_DDL = """
-CREATE TABLE meter_values_per_message (
-    pile_id VARCHAR(20) NOT NULL REFERENCES piles (pile_id) ON DELETE CASCADE,
-    transaction_key BIGINT NOT NULL,
-    connector_id INTEGER NOT NULL,
-    at {ts} NOT NULL,
-    samples TEXT NOT NULL,
-    received_at {ts} NOT NULL,
-    PRIMARY KEY (pile_id, transaction_key, connector_id, at)
-){suffix}
-"""
-PER_MESSAGE_INSERT = (
-    "INSERT INTO meter_values_per_message "
-    "(pile_id, transaction_key, connector_id, at, samples, received_at) "
-    "VALUES ({}) ON CONFLICT DO NOTHING"
-)
 
 
 def payloads(count: int) -> list[tuple[str, dict[str, Any]]]:
@@ -101,60 +92,92 @@ def payloads(count: int) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-class MeterSetOp(NamedTuple):
-    """The write op a row per meterValue element would need."""
+class MeterSampleOp(NamedTuple):
+    """The write op of a ``meter_values`` row (gateway/storage/writer.py
+    before migration 0008)."""
 
     pile_id: str
-    transaction_key: int
     connector_id: int
+    transaction_key: int
     at: datetime
-    samples: str
+    measurand: str
+    phase: str
+    unit: str
+    context: str
+    location: str
+    format: str
+    value: str
+    value_num: float | None
     received_at: datetime
 
 
-PER_MESSAGE_COLUMNS = MeterSetOp._fields
+def sample_ops(
+    pile_id: str, meter_values: list[dict[str, Any]], connector: int, tx_key: int, now: datetime
+) -> list[MeterSampleOp]:
+    """``OcppHandlers._samples`` before migration 0008: one op per sampled
+    value, the §7.43 defaults filled in."""
+    out: list[MeterSampleOp] = []
+    for i, mv in enumerate(meter_values):
+        at = parse_time(mv["timestamp"], f"meterValue[{i}].timestamp")
+        for sv in mv["sampledValue"]:
+            value = sv["value"]
+            measurand = sv.get("measurand", "Energy.Active.Import.Register")
+            # Positional, in MeterSampleOp's field order, as the handler did.
+            out.append(
+                MeterSampleOp(
+                    pile_id,
+                    connector,  # connector_id
+                    tx_key,  # transaction_key
+                    at,
+                    measurand,
+                    sv.get("phase", ""),
+                    sv.get("unit", "Wh" if measurand.startswith("Energy") else ""),
+                    sv.get("context", "Sample.Periodic"),
+                    sv.get("location", "Outlet"),
+                    sv.get("format", "Raw"),
+                    value,
+                    float_or_none(value),  # value_num
+                    now,  # received_at
+                )
+            )
+    return out
 
 
 class Shape(NamedTuple):
     """How one storage layout turns messages into parameter rows: ops per
-    message in the handler, rows per batch in the write-behind flush."""
+    message in the handler, rows per batch in the write-behind flush, and
+    the statement they are written with."""
 
     ops: Build
     rows: Callable[[list[Any]], list[tuple[Any, ...]]]
+    sql: str
+    rows_per_message: int  # of a MeterValues of SAMPLES sampled values
 
 
-def per_sample_shape(dialect: Any) -> Shape:
-    """Today's path: the handler's ops, then the statement's parameter rows."""
-    stmt = RawStatements(dialect).meter_values
-    conns = {p: SimpleNamespace(conn=SimpleNamespace(pile_id=p)) for p in PILES}
+def per_sample_shape(dialect: Dialect) -> Shape:
+    """Before 0008: the handler's ops of then, the ``meter_values`` statement."""
+    stmt = meter_values_statement(dialect)
 
     def ops(pile_id: str, p: dict[str, Any], now: datetime) -> list[Any]:
-        return OcppHandlers._samples(  # type: ignore[arg-type]
+        return sample_ops(
+            pile_id, p["meterValue"], int(p["connectorId"]), int(p["transactionId"]), now
+        )
+
+    return Shape(ops, lambda batch: stmt.rows(batch, attrs=True), stmt.sql, SAMPLES)
+
+
+def per_reading_shape(dialect: Dialect) -> Shape:
+    """Today's path: the handler's ops, then the statement's parameter rows."""
+    stmt = RawStatements(dialect).meter_readings
+    # ``_readings`` reads only ``self.conn.pile_id``
+    conns: dict[str, Any] = {p: SimpleNamespace(conn=SimpleNamespace(pile_id=p)) for p in PILES}
+
+    def ops(pile_id: str, p: dict[str, Any], now: datetime) -> list[Any]:
+        return OcppHandlers._readings(
             conns[pile_id], p["meterValue"], int(p["connectorId"]), int(p["transactionId"]), now
         )
 
-    return Shape(ops, lambda batch: stmt.rows(batch, attrs=True))
-
-
-def per_message_shape(sql: str, convert: Callable[[datetime], Any]) -> Shape:
-    """One row per meterValue element, its samples as received."""
-    stmt = RawStatement(sql, PER_MESSAGE_COLUMNS, (3, 5), convert)
-
-    def ops(pile_id: str, p: dict[str, Any], now: datetime) -> list[Any]:
-        connector, tx = int(p["connectorId"]), int(p["transactionId"])
-        return [
-            MeterSetOp(
-                pile_id,
-                tx,
-                connector,
-                parse_time(mv["timestamp"], f"meterValue[{i}].timestamp"),
-                orjson.dumps(mv["sampledValue"]).decode(),
-                now,
-            )
-            for i, mv in enumerate(p["meterValue"])
-        ]
-
-    return Shape(ops, lambda batch: stmt.rows(batch, attrs=True))
+    return Shape(ops, lambda batch: stmt.rows(batch, attrs=True), stmt.sql, 1)
 
 
 def batches(shape: Shape, messages: list[tuple[str, dict[str, Any]]], spent: list[float]) -> Any:
@@ -200,14 +223,14 @@ def sqlite_run(path: Path, sql: str, rows: Any, foreign_keys: bool) -> tuple[flo
     return spent, stored
 
 
-async def migrated(url: str, per_message_ddl: str) -> None:
-    """The gateway's schema (migrations to head), its bench piles, and the
-    per-message table."""
+async def migrated(url: str) -> None:
+    """The gateway's schema (migrations to head, ``meter_readings``), its
+    bench piles, and ``meter_values`` as migration 0007 left it."""
     engine = db.create_engine(url)
     try:
         await db.upgrade(engine)
         async with engine.begin() as c:
-            await c.exec_driver_sql(per_message_ddl)
+            await c.run_sync(METER_VALUES.create)
             for pile_id in PILES:
                 await c.exec_driver_sql(
                     "INSERT INTO piles (pile_id, region_code, operator_code, product_code, "
@@ -233,9 +256,11 @@ async def pg_run(url: str, sql: str, rows: Any) -> tuple[float, int]:
         await conn.close()
 
 
-def report(name: str, messages: int, build_s: float, write_s: float, stored: int) -> None:
+def report(
+    name: str, shape: Shape, messages: int, build_s: float, write_s: float, stored: int
+) -> None:
     b, w = build_s / messages * 1e6, write_s / messages * 1e6
-    if stored not in (messages, messages * SAMPLES):  # every row new: no conflict skipped
+    if stored != messages * shape.rows_per_message:  # every row new: no conflict skipped
         raise SystemExit(f"{name}: {stored:,} rows stored for {messages:,} messages")
     print(
         f"{name}: build {b:5.1f} µs + write {w:5.1f} µs = {b + w:5.1f} µs per MeterValues "
@@ -264,40 +289,34 @@ async def main() -> None:
     print(f"{args.messages:,} MeterValues of {SAMPLES} samples, batches of {BATCH_MESSAGES:,}")
 
     lite = sqlite.dialect()
-    lite_ddl = PER_MESSAGE_DDL.format(ts="DATETIME", suffix=" WITHOUT ROWID")
-    lite_sql = PER_MESSAGE_INSERT.format(", ".join("?" * 6))
     lite_cases = (
-        ("SQLite, a row per sample (today)", RawStatements(lite).meter_values.sql,
-         per_sample_shape(lite), True),
-        ("SQLite, a row per sample, foreign_keys=OFF", RawStatements(lite).meter_values.sql,
-         per_sample_shape(lite), False),
-        ("SQLite, a row per MeterValues", lite_sql, per_message_shape(lite_sql, sqlite_datetime),
+        ("SQLite, a row per sample (meter_values, before 0008)", per_sample_shape(lite), True),
+        ("SQLite, a row per sample, foreign_keys=OFF", per_sample_shape(lite), False),
+        ("SQLite, a row per MeterValue element (meter_readings, today)", per_reading_shape(lite),
          True),
     )  # fmt: skip
-    pg = postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
-    pg_ddl = PER_MESSAGE_DDL.format(ts="TIMESTAMP WITH TIME ZONE", suffix="")
-    pg_sql = PER_MESSAGE_INSERT.format(", ".join(f"${i}" for i in range(1, 7)))
+    pg = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
     pg_cases = (
-        ("PostgreSQL, a row per sample (today)", RawStatements(pg).meter_values.sql,
-         per_sample_shape(pg)),
-        ("PostgreSQL, a row per MeterValues", pg_sql, per_message_shape(pg_sql, pg_datetime)),
+        ("PostgreSQL, a row per sample (meter_values, before 0008)", per_sample_shape(pg)),
+        ("PostgreSQL, a row per MeterValue element (meter_readings, today)",
+         per_reading_shape(pg)),
     )  # fmt: skip
     for _ in range(args.repeat):
-        for name, sql, shape, fk in lite_cases:
+        for name, shape, fk in lite_cases:
             spent = [0.0]
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "b.db"
-                await migrated(f"sqlite+aiosqlite:///{path}", lite_ddl)
-                write_s, stored = sqlite_run(path, sql, batches(shape, messages, spent), fk)
-            report(name, args.messages, spent[0], write_s, stored)
+                await migrated(f"sqlite+aiosqlite:///{path}")
+                write_s, stored = sqlite_run(path, shape.sql, batches(shape, messages, spent), fk)
+            report(name, shape, args.messages, spent[0], write_s, stored)
         if not args.pg_admin_url:
             continue
-        for name, sql, shape in pg_cases:
+        for name, shape in pg_cases:
             spent = [0.0]
             async with _pg_database(args.pg_admin_url) as url:
-                await migrated(url, pg_ddl)
-                write_s, stored = await pg_run(url, sql, batches(shape, messages, spent))
-            report(name, args.messages, spent[0], write_s, stored)
+                await migrated(url)
+                write_s, stored = await pg_run(url, shape.sql, batches(shape, messages, spent))
+            report(name, shape, args.messages, spent[0], write_s, stored)
 
 
 if __name__ == "__main__":

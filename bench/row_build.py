@@ -4,8 +4,12 @@ baseline, as before 2026-12-05) and by ``sqlite_datetime`` (%-formatting), in
 one run. Prints nanoseconds per time value and per row, and the same for
 the text of a Heartbeat answer's ``currentTime`` (``iso``).
 
-The rows are the mixed load's: 4 samples per MeterValues sharing one
-timestamp and one ``received_at``; one status row per StatusNotification.
+The rows are the mixed load's: one ``meter_readings`` row per MeterValues
+(its one MeterValue element of 4 sampled values, as the handler makes it:
+``MeterReadingOp``, text and digest from ``gateway.storage.meter.encode``,
+made before the timing); one status row per StatusNotification. Before
+migration 0008 the meter rows were ``meter_values`` rows, 4 per MeterValues
+(one per sampled value) sharing one timestamp and one ``received_at``.
 
     .venv/bin/python bench/row_build.py [--rows 5000] [--number 50]
 """
@@ -19,9 +23,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.dialects import sqlite
 
 from gateway.ocpp.handlers import iso
+from gateway.storage.meter import encode
 from gateway.storage.models import utc_for_storage
 from gateway.storage.rawsql import RawStatement, RawStatements, sqlite_datetime
-from gateway.storage.writer import GunStatusOp, MeterSampleOp
+from gateway.storage.writer import GunStatusOp, MeterReadingOp
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 PILE = "44200000010000000001"
@@ -39,16 +44,18 @@ def iso_baseline(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def meter_ops(n: int) -> list[MeterSampleOp]:
+def meter_ops(n: int) -> list[MeterReadingOp]:
+    """``n`` readings, one per MeterValues of the mixed load (4 sampled values)."""
     out = []
     for k in range(n):
-        at = T0 + timedelta(milliseconds=37 * (k // 4), microseconds=k // 4)
-        out.append(
-            MeterSampleOp(
-                PILE, 1, 7, at, MEASURANDS[k % 4], "", "Wh", "Sample.Periodic", "Outlet",
-                "Raw", str(k), float(k), at + timedelta(milliseconds=3),
-            )
-        )  # fmt: skip
+        at = T0 + timedelta(milliseconds=37 * k, microseconds=k)
+        text, digest = encode(
+            [
+                {"value": str(4 * k + i), "measurand": m, "unit": "Wh"}
+                for i, m in enumerate(MEASURANDS)
+            ]
+        )
+        out.append(MeterReadingOp(PILE, 7, 1, at, digest, text, at + timedelta(milliseconds=3)))
     return out
 
 
@@ -90,7 +97,7 @@ def main() -> None:
         print(f"a Heartbeat's currentTime, {name}: {ns:,.0f} ns")
     statements = RawStatements(sqlite.dialect())
     workloads = (
-        ("meter_values", statements.meter_values, meter_ops(args.rows)),
+        ("meter_readings", statements.meter_readings, meter_ops(args.rows)),
         ("gun_status_events", statements.gun_status_events, status_ops(args.rows)),
     )
     for table, stmt, ops in workloads:

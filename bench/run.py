@@ -14,7 +14,8 @@ machine's own server and is not pinned. Scenarios:
    PostgreSQL, and the reference server (``bench/reference_server.py``).
    For pilegate, the write-behind backlog is followed on ``/metrics`` until it
    drains, the server is stopped, and the rows in the database are counted
-   against the answers the chargers got (no message lost).
+   against the answers the chargers got (no message lost; meter data as the
+   sampled values stored in ``meter_readings``, 4 per MeterValues).
 2. reconnect storm and idle memory: C chargers connect and boot at once;
    VmRSS of the server before and after, per charger. pilegate is first run
    once to register the piles (first-connect storm), then restarted on the
@@ -453,14 +454,21 @@ def pg_drop(admin_url: str) -> None:
     asyncio.run(_pg(admin_url, f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
 
 
+# ``meter_samples``: the sampled values stored, one ``meter_readings`` row
+# per OCPP MeterValue element holding its sampledValue list as JSON text
+# (migration 0008; one ``meter_values`` row per sampled value before).
+# json_array_length: SQLite >= 3.9 (JSON1), PostgreSQL on ``json``.
+METER_SAMPLES_SQL = "SELECT coalesce(sum(json_array_length({})), 0) FROM meter_readings"
 COUNT_SQL = {
-    "meter_values": "SELECT count(*) FROM meter_values",
+    "meter_samples": METER_SAMPLES_SQL.format("samples"),
     "gun_status_events": "SELECT count(*) FROM gun_status_events",
     "presence_events": "SELECT count(*) FROM presence_events",
 }
+PG_COUNT_SQL = {**COUNT_SQL, "meter_samples": METER_SAMPLES_SQL.format("samples::json")}
 
 
 def count_rows(db_url: str) -> dict[str, int]:
+    """The stored rows the scenarios check (``meter_samples``: sampled values)."""
     if db_url.startswith("sqlite"):
         path = db_url.split(":///", 1)[1]
         con = sqlite3.connect(path)
@@ -474,7 +482,7 @@ def count_rows(db_url: str) -> dict[str, int]:
 
         conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
         try:
-            return {k: int(await conn.fetchval(q)) for k, q in COUNT_SQL.items()}
+            return {k: int(await conn.fetchval(q)) for k, q in PG_COUNT_SQL.items()}
         finally:
             await conn.close()
 
@@ -677,7 +685,7 @@ def scenario_mixed(ctx: Ctx, target: str) -> dict[str, Any]:
         answered = r.get("answered_total", {})
         r["rows"] = rows
         r["rows_expected"] = {
-            "meter_values": 4 * answered.get("MeterValues", 0),
+            "meter_samples": 4 * answered.get("MeterValues", 0),
             "gun_status_events": answered.get("StatusNotification", 0),
         }
     return r
@@ -1011,7 +1019,8 @@ def rows_check(r: dict[str, Any]) -> tuple[str, bool]:
 
 
 def rows_per_s(r: dict[str, Any]) -> float | None:
-    """Rows of the expected tables stored per second, load and drain included."""
+    """Rows of the expected tables stored per second, load and drain included
+    (meter data counted as sampled values, ``meter_samples``)."""
     got: dict[str, Any] = r.get("rows", {})
     drain: float | None = r.get("write_drain_s")
     load_s: float | None = r.get("load_s")
@@ -1127,8 +1136,10 @@ def report(ctx: Ctx, machine: dict[str, Any], command: str, elapsed: float) -> s
             "\nmsgs/s answered: CALLRESULTs received in the measured window / window. "
             "msgs/s incl. drain: every CALLRESULT of the run / (time under load + time until "
             "pilegate's write-behind queue was empty), i.e. what was answered *and* stored. "
-            "Rows: `meter_values` = 4 × answered MeterValues, `gun_status_events` = answered "
-            "StatusNotifications, counted after the gateway stopped."
+            "Rows: `meter_samples` = sampled values stored in `meter_readings` (one row per "
+            "MeterValue element, its sampledValue list as JSON) = 4 × answered MeterValues, "
+            "`gun_status_events` = answered StatusNotifications, counted after the gateway "
+            "stopped."
         )
         for target in a.targets:
             r = R.get(f"s1-{target}", {})
@@ -1294,13 +1305,14 @@ def report(ctx: Ctx, machine: dict[str, Any], command: str, elapsed: float) -> s
             "when the 0x04 arrives. The gateway handles a connection's frames in order, so the "
             "0x04 confirms the whole cycle. msgs/s processed: 3 × cycles confirmed in the "
             "window / window; latency: first 0x13 of the cycle written → its 0x04 received "
-            "(each of the three frames waited at most that). Rows: `meter_values` = 5 "
-            "(DC; 4 on AC) per charging 0x13 + 4 per status 0x13, `gun_status_events` = one "
+            "(each of the three frames waited at most that). Rows: `meter_samples` = sampled "
+            "values stored in `meter_readings` (one row per 0x13), 5 (DC; 4 on AC) per "
+            "charging 0x13 + 4 per status 0x13, `gun_status_events` = one "
             "per status change (the gateway stores a status when it changes; the first "
             "0x13 of each gun is one), for the confirmed cycles. OCPP 1.6J: scenario 1 on the "
             "same database, charger count and duration (one message in flight per charger; "
-            "4 meter rows per MeterValues, one status row per StatusNotification). "
-            "rows/s incl. drain: the rows of both tables / (time under load + drain). "
+            "4 meter samples per MeterValues, one status row per StatusNotification). "
+            "rows/s incl. drain: meter samples + status rows / (time under load + drain). "
             "The reference server (`ocpp` package) has no CBP/1.\n"
         )
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.app import Gateway
-from gateway.storage.models import Gun, GunStatusEvent
+from gateway.storage.models import Gun, GunStatusEvent, MeterReading
 from tests.support.gateway import api_client, flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint, now_iso
 
@@ -459,6 +459,48 @@ async def test_gun_status_history_keeps_order_and_late_statuses(gw: Gateway) -> 
     await cp.close()
 
 
+async def test_two_elements_with_one_timestamp_first_sent_wins(gw: Gateway) -> None:
+    # One MeterValues, two meterValue elements with the same timestamp and
+    # different energy: they share a receipt time, and the first sent is
+    # the one read (as when each sampled value was its own row).
+    await put_token(gw, "CARD0099")
+    cp = await ChargePoint.connect(gw.ocpp_port, DC)
+    await cp.boot()
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    tx = await cp.call(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "CARD0099", "meterStart": 0, "timestamp": now_iso(t0)},
+    )
+    at = t0 + timedelta(seconds=10)
+    elements = [mv(at, 200), mv(at, 100), mv(at + timedelta(seconds=10), 300)]
+    elements[1]["sampledValue"].append({"value": "55", "measurand": "SoC", "location": "EV"})
+    assert (
+        await cp.call(
+            "MeterValues",
+            {"connectorId": 1, "transactionId": tx["transactionId"], "meterValue": elements},
+        )
+        == {}
+    )
+    await asyncio.wait_for(flushed(gw), 30)
+    async with api_client(gw) as api:
+        export = await api.get(f"/api/transactions/{tx['transactionId']}/meter-values")
+    got = [(s["measurand"], s["value"]) for s in export.json()["samples"]]
+    assert got == [
+        ("Current.Import", "32.0"),
+        ("Energy.Active.Import.Register", "200.0"),
+        ("Power.Active.Import", "7000"),
+        ("SoC", "55"),
+        ("Voltage", "230.1"),
+        ("Current.Import", "32.0"),
+        ("Energy.Active.Import.Register", "300.0"),
+        ("Power.Active.Import", "7000"),
+        ("Voltage", "230.1"),
+    ]
+    async with gw.store.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(MeterReading)) == 2
+    await cp.close()
+
+
 async def test_a_value_the_database_cannot_store_does_not_stop_the_others(
     gw: Gateway, database_url: str
 ) -> None:
@@ -482,6 +524,9 @@ async def test_a_value_the_database_cannot_store_does_not_stop_the_others(
     # as JSON text, where orjson writes it as the escape \u0000.
     with_nul = mv(t0 + timedelta(seconds=20), 200)
     with_nul["sampledValue"][1]["value"] = "70\u000000"
+    # "NaN" parses as a float but is no number JSON can carry: the export
+    # answered 500 for a transaction holding one.
+    with_nul["sampledValue"][3]["value"] = "NaN"
     for i, meter_value in enumerate(
         [mv(t0 + timedelta(seconds=10), 100), with_nul, mv(t0 + timedelta(seconds=30), 300)]
     ):
@@ -497,10 +542,13 @@ async def test_a_value_the_database_cannot_store_does_not_stop_the_others(
     await other.call("StatusNotification", {**status, "timestamp": now_iso()})
     await asyncio.wait_for(flushed(gw), 30)
     async with api_client(gw) as api:
-        samples = (await api.get(f"/api/transactions/{tx_id}/meter-values")).json()["samples"]
+        export = await api.get(f"/api/transactions/{tx_id}/meter-values")
+    assert export.status_code == 200, export.text
+    samples = export.json()["samples"]
     energy = sorted(s["value"] for s in samples if s["measurand"].startswith("Energy"))
     assert energy == ["100.0", "200.0", "300.0"]
     assert "70\u000000" in [s["value"] for s in samples]
+    assert "NaN" in [s["value"] for s in samples if s["measurand"] == "Voltage"]
     refused = gw.metrics.registry.get_sample_value(
         "pilegate_storage_refused_ops_total", {"kind": "GunStatusOp"}
     )

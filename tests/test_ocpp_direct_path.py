@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.ocpp import handlers as handlers_module
 from gateway.ocpp.connection import INBOX_HIGH, OcppConnection
 from gateway.ocpp.wsconn import OcppServerConnection
-from gateway.storage.models import MeterValue
+from gateway.storage.meter import samples_of
+from gateway.storage.models import MeterReading
 from tests.support.gateway import flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint, now_iso
 
@@ -77,6 +78,24 @@ def meter(wh: float) -> dict[str, Any]:
     }
 
 
+async def stored_meter(gw: Gateway) -> tuple[int, list[tuple[str, int, str, str]]]:
+    """The number of stored meter readings (MeterValue elements) and their
+    sampled values (pile, connector, measurand, value)."""
+    assert gw.store is not None
+    async with gw.store.sessions() as s:
+        rows = (
+            await s.execute(
+                select(MeterReading.pile_id, MeterReading.connector_id, MeterReading.samples)
+            )
+        ).all()
+    samples = [
+        (pile_id, connector, x.measurand, x.value)
+        for pile_id, connector, text in rows
+        for x in samples_of(text)
+    ]
+    return len(rows), samples
+
+
 async def replies(cp: ChargePoint, n: int) -> list[Any]:
     return [await cp.next_raw() for _ in range(n)]
 
@@ -101,8 +120,7 @@ async def test_hot_messages_are_answered_directly_and_stored(
         assert gw.store is not None
         guns = await gw.store.guns(AC)
         assert [(g.connector_id, g.status) for g in guns] == [(1, "Preparing")]
-        async with gw.store.sessions() as s:
-            assert await s.scalar(select(func.count()).select_from(MeterValue)) == 1
+        assert await stored_meter(gw) == (1, [(AC, 1, "Energy.Active.Import.Register", "1234.5")])
 
 
 async def test_frames_behind_a_waiting_one_keep_their_order(
@@ -189,8 +207,7 @@ async def test_full_write_queue_sends_hot_messages_the_waiting_way(
         await flushed(gw)
         assert gw.store is not None
         assert [(g.connector_id, g.status) for g in await gw.store.guns(AC)] == [(2, "Faulted")]
-        async with gw.store.sessions() as s:
-            assert await s.scalar(select(func.count()).select_from(MeterValue)) == 1
+        assert await stored_meter(gw) == (1, [(AC, 1, "Energy.Active.Import.Register", "10.0")])
 
 
 async def test_direct_path_steps_aside_while_the_database_is_behind(

@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 
 from gateway.app import Gateway
 from gateway.ocpp.handlers import iso, parse_time
-from gateway.storage.models import MeterValue
+from gateway.storage.meter import samples_of
+from gateway.storage.models import MeterReading
 from protocol.ocpp import ErrorCode, OcppError
 from tests.support.gateway import api_client, flushed, running_gateway
 from tests.support.ocpp_client import ChargePoint
@@ -103,9 +104,10 @@ async def test_a_charger_gets_a_clear_error_and_the_leap_second_is_stored(gw: Ga
     assert pile["online"] is True
     assert gw.store is not None
     async with gw.store.sessions() as s:
-        rows = (await s.execute(select(MeterValue.at, MeterValue.value))).all()
-    assert [(at.astimezone(UTC), value) for at, value in rows] == [
-        (datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "30")
+        rows = (await s.execute(select(MeterReading.at, MeterReading.samples))).all()
+    # One reading (the refused MeterValues stored nothing), of one sample.
+    assert [(at.astimezone(UTC), [x.value for x in samples_of(text)]) for at, text in rows] == [
+        (datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), ["30"])
     ]
     await cp.close()
 

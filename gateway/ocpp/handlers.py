@@ -369,12 +369,20 @@ class OcppHandlers:
         field: str = "meterValue",
     ) -> list[MeterReadingOp]:
         """One op per §7.31 MeterValue element: its sampledValue list is
-        stored as sent (gateway/storage/meter.py)."""
-        out: list[MeterReadingOp] = []
-        pile_id = self.conn.pile_id
+        stored as sent (gateway/storage/meter.py). Elements of one message
+        with the same timestamp are stored as one, their lists joined in
+        the order sent: they share a receipt time, so only their order can
+        say which value came first (first sent wins, as in ``merge``)."""
+        lists: dict[datetime, list[dict[str, Any]]] = {}
         for i, mv in enumerate(meter_values):
             at = parse_time(mv["timestamp"], f"{field}[{i}].timestamp")
-            text, digest = encode(mv["sampledValue"])
+            earlier = lists.get(at)
+            sampled: list[dict[str, Any]] = mv["sampledValue"]
+            lists[at] = sampled if earlier is None else [*earlier, *sampled]
+        pile_id = self.conn.pile_id
+        out: list[MeterReadingOp] = []
+        for at, sampled in lists.items():
+            text, digest = encode(sampled)
             # Positional, in MeterReadingOp's field order.
             out.append(MeterReadingOp(pile_id, tx_key, connector, at, digest, text, now))
         return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from hashlib import blake2b
+from math import isfinite
 from typing import Any, NamedTuple
 
 import orjson
@@ -66,10 +67,16 @@ class MergedSample(NamedTuple):
 
 
 def float_or_none(value: str) -> float | None:
+    """The number a sampled value's text holds, if it is a finite one.
+
+    SignedData and vendor formats are kept as text only. "NaN" and "inf"
+    parse as floats but are no reading, and JSON cannot carry them (the
+    meter-values export answered 500 for a transaction holding one)."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        return None  # SignedData and vendor formats are kept as text only
+        return None
+    return number if isfinite(number) else None
 
 
 def encode(sampled_values: Sequence[dict[str, Any]]) -> tuple[str, int]:

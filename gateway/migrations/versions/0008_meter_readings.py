@@ -19,6 +19,10 @@ The rows are moved one pile at a time (memory bounded by the largest pile),
 with plain fetches: PostgreSQL refuses to drop a table while a server-side
 cursor on it is still open.
 
+A sampled value holding a NUL character (PostgreSQL's text cannot hold it
+in meter_values; meter_readings keeps it, escaped in JSON) is left out of a
+downgrade on PostgreSQL, with a warning naming it.
+
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-05 19:00:00
@@ -26,6 +30,7 @@ Create Date: 2026-12-05 19:00:00
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from itertools import groupby
 from typing import Any
@@ -42,6 +47,7 @@ branch_labels = None
 depends_on = None
 
 _CHUNK = 1_000
+log = logging.getLogger("alembic.runtime.migration")
 
 # The tables as this revision knows them (not the models, which move on).
 _meta = sa.MetaData()
@@ -193,6 +199,10 @@ def _readings_of(pile_id: str) -> Iterator[dict[str, Any]]:
 
 def _samples_of(pile_id: str) -> Iterator[dict[str, Any]]:
     bind = op.get_bind()
+    # PostgreSQL's text cannot hold a NUL character, which meter_readings
+    # keeps (escaped in JSON) and meter_values never could: such a sample
+    # is left out of the downgrade, with a warning naming it.
+    refuses_nul = bind.dialect.name == "postgresql"
     c = meter_readings.c
     rows = bind.execute(
         sa.select(meter_readings).where(c.pile_id == pile_id).order_by(c.transaction_key)
@@ -201,6 +211,19 @@ def _samples_of(pile_id: str) -> Iterator[dict[str, Any]]:
         readings = [StoredReading(r.connector_id, r.at, r.samples, r.received_at) for r in group]
         for m in merge(readings):
             x = m.sample
+            if refuses_nul and any("\x00" in f for f in x if isinstance(f, str)):
+                log.warning(
+                    "0008 downgrade: sample with a NUL character left out "
+                    "(meter_values on PostgreSQL cannot hold it): pile %s, "
+                    "transaction key %s, connector %s, at %s, measurand %s, value %r",
+                    pile_id,
+                    tx,
+                    m.connector_id,
+                    m.at.isoformat(),
+                    x.measurand,
+                    x.value,
+                )
+                continue
             yield {
                 "pile_id": pile_id,
                 "transaction_key": tx,
