@@ -1,5 +1,6 @@
 """OcppConnection._send: the direct write for an open, writable connection and
-the fall back to ``ws.send`` in every other case (docs/benchmarks.md, "Latest")."""
+the fall back to ``ws.send`` in every other case (docs/benchmarks.md, "Earlier: batch writes below
+the ORM, a direct message path")."""
 
 from __future__ import annotations
 
