@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 import uuid
@@ -36,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from run import _pg
+from run import _pg, add_pg_admin_url
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -193,13 +192,7 @@ async def _pg_database(admin_url: str) -> AsyncIterator[str]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400_000)
-    parser.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get(
-            "PILEGATE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="an existing database to CREATE/DROP the bench databases from ('' skips)",
-    )
+    add_pg_admin_url(parser)
     args = parser.parse_args()
     layouts = {
         "0005 (id, unique key, ix_meter_values_tx)": "0005",

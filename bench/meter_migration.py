@@ -18,31 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from alembic import command
 from meter_index import _pg_database, rows_per_second
-from sqlalchemy import Connection, text
+from run import add_pg_admin_url
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage import db
 
 
-def _downgrade(conn: Connection, revision: str) -> None:
-    cfg = db.alembic_config()
-    cfg.attributes["connection"] = conn
-    command.downgrade(cfg, revision)
-
-
-async def _count(url: str, table: str) -> int:
-    engine = db.create_engine(url)
-    try:
-        async with engine.connect() as c:
-            return int((await c.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
-    finally:
-        await engine.dispose()
+async def _count(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as c:
+        return int((await c.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
 
 
 async def migrate(url: str, rows: int) -> tuple[float, float, int]:
@@ -54,14 +44,13 @@ async def migrate(url: str, rows: int) -> tuple[float, float, int]:
         started = time.perf_counter()
         await db.upgrade(engine, "0008")
         up = time.perf_counter() - started
-        readings = await _count(url, "meter_readings")
+        readings = await _count(engine, "meter_readings")
         started = time.perf_counter()
-        async with engine.begin() as c:
-            await c.run_sync(_downgrade, "0007")
+        await db.downgrade(engine, "0007")
         down = time.perf_counter() - started
+        back = await _count(engine, "meter_values")
     finally:
         await engine.dispose()
-    back = await _count(url, "meter_values")
     if back != rows:
         raise SystemExit(f"downgrade gave back {back:,} sample rows of {rows:,}")
     return up, down, readings
@@ -79,13 +68,7 @@ def _line(backend: str, rows: int, up: float, down: float, readings: int) -> str
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400_000, help="sample rows (multiple of 4)")
-    parser.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get(
-            "PILEGATE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="an existing database to CREATE/DROP the bench database from ('' skips)",
-    )
+    add_pg_admin_url(parser)
     args = parser.parse_args()
     if args.rows <= 0 or args.rows % 4:
         parser.error("--rows must be a positive multiple of 4 (4 samples per reading)")

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import sqlite3
 import tempfile
 import time
@@ -50,6 +49,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 from meter_index import MEASURANDS, METER_VALUES, PILES, T0, _pg_database, meter_values_statement
+from run import add_pg_admin_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -272,13 +272,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2, help="rounds, shapes alternating")
-    parser.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get(
-            "PILEGATE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="an existing database to CREATE/DROP the bench database from ('' skips)",
-    )
+    add_pg_admin_url(parser)
     args = parser.parse_args()
     # As `pilegate serve` runs (gateway/cli.py tune_gc): without it the
     # collector's full passes over the bench's payloads dominate the build.

@@ -433,6 +433,18 @@ def log_len(path: Path) -> int:
 # ----------------------------------------------------------------------------
 
 
+def add_pg_admin_url(parser: argparse.ArgumentParser, *, skippable: bool = True) -> None:
+    """``--pg-admin-url``, the same in every bench script that uses PostgreSQL."""
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get(
+            "PILEGATE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="an existing database to CREATE/DROP the bench databases from"
+        + (" ('' skips PostgreSQL)" if skippable else ""),
+    )
+
+
 async def _pg(admin_url: str, *statements: str) -> None:
     import asyncpg
 
@@ -1459,13 +1471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=300.0, help="write backlog wait (s)")
     p.add_argument("--profile", action="store_true", help="also profile pilegate with py-spy")
     p.add_argument("--top", type=int, default=15, help="profile rows")
-    p.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get(
-            "PILEGATE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="an existing database to CREATE/DROP the bench database from",
-    )
+    add_pg_admin_url(p, skippable=False)
     p.add_argument(
         "--source",
         choices=("head", "worktree"),

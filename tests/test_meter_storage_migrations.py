@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 import pytest
-from alembic import command
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -245,17 +244,6 @@ def _shape(conn: Connection) -> tuple[list[list[str]], list[str]]:
     return uniques, indexes
 
 
-def _downgrade(conn: Connection, revision: str) -> None:
-    cfg = db.alembic_config()
-    cfg.attributes["connection"] = conn
-    command.downgrade(cfg, revision)
-
-
-async def _downgrade_to(engine: AsyncEngine, revision: str) -> None:
-    async with engine.begin() as c:
-        await c.run_sync(_downgrade, revision)
-
-
 async def _insert_two_retransmissions_and_one_new(engine: AsyncEngine, tx: int) -> None:
     """Two samples already stored (the same key) and a new one (SoC), through
     the duplicate rule's INSERT ... ON CONFLICT DO NOTHING."""
@@ -302,7 +290,7 @@ async def test_0006_keeps_the_samples_and_the_duplicate_rule(database_url: str) 
         await _insert_two_retransmissions_and_one_new(engine, tx)
         assert await _count(engine) == 7
 
-        await _downgrade_to(engine, "0005")
+        await db.downgrade(engine, "0005")
         async with engine.connect() as c:
             uniques, indexes = await c.run_sync(_shape)
         assert uniques == [OLD_KEY] and "ix_meter_values_tx" in indexes
@@ -362,7 +350,7 @@ async def test_0007_makes_the_key_the_primary_key_and_keeps_the_samples(
         assert await _count(engine) == 7
 
         # Down again: every row gets an id back, and the key is unique again.
-        await _downgrade_to(engine, "0006")
+        await db.downgrade(engine, "0006")
         async with engine.connect() as c:
             pk, columns, uniques, ddl = await c.run_sync(_key_shape)
         assert pk == ["id"] and uniques == [KEY]
@@ -528,7 +516,7 @@ async def test_0008_moves_the_samples_into_readings_and_back(database_url: str) 
         ]
 
         # And back: the same sample rows, every column.
-        await _downgrade_to(engine, "0007")
+        await db.downgrade(engine, "0007")
         assert "meter_readings" not in await _tables(engine)
         assert await _all_samples(engine) == samples
         assert await _old_curve(engine, tx) == before
@@ -593,7 +581,7 @@ async def test_0008_downgrade_keeps_the_first_received(database_url: str) -> Non
             (t1, ENERGY, "N", "x"),
         ]
 
-        await _downgrade_to(engine, "0007")
+        await db.downgrade(engine, "0007")
         assert await _old_curve(engine, tx) == now
         assert await _count(engine) == 6
         c_ = meter_values.c
@@ -651,7 +639,7 @@ async def test_0008_downgrade_with_a_nul_in_a_sampled_value(
                         received_at=at,
                     )
                 )
-        await _downgrade_to(engine, "0007")
+        await db.downgrade(engine, "0007")
         kept = [(r.at, r.measurand, r.value) for r in await _old_curve(engine, tx)]
         expected = [(T0, ENERGY, "1000"), (T0, "Power.Offered", "7000")]
         if engine.dialect.name == "postgresql":  # left out, with a warning

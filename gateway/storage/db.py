@@ -74,6 +74,12 @@ def _upgrade(connection: Connection, revision: str) -> None:
     command.upgrade(cfg, revision)
 
 
+def _downgrade(connection: Connection, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.downgrade(cfg, revision)
+
+
 def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -84,6 +90,13 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
         await conn.run_sync(_upgrade, revision)
     async with engine.connect() as conn:
         return await conn.run_sync(_current)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Undo migrations down to ``revision`` (tests and bench/meter_migration.py;
+    ``pilegate db`` has no downgrade)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade, revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
