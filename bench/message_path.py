@@ -57,6 +57,7 @@ from loadgen import CLOCK, STATUSES, _sv, client_frame, pile_ids  # noqa: E402
 
 from gateway.app import Gateway  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
+from gateway.logging import configure_logging  # noqa: E402
 
 KEY = b"\x12\x34\x56\x78"
 QUEUE_HIGH = 5_000
@@ -122,6 +123,8 @@ class KeepTransport:
         self.not_results: list[bytes] = []
 
     def write(self, data: bytes) -> None:
+        if data[0] != 0x81:  # not a text frame: a ping or pong (RFC 6455 §5.5)
+            return
         self.frames += 1
         # A server frame's payload starts after 2 (or 4) header bytes; a
         # CALLRESULT's text starts with "[3,".
@@ -213,8 +216,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "cbp_host": "127.0.0.1",
             "cbp_port": 0,
             "log_level": "warning",
+            # No pings while frames are fed (0 = never): the chargers'
+            # pongs could not come back through the swapped transport.
+            "ping_interval": 0,
         }
     )
+    # As bench/run.py starts the gateway: warnings and errors only, JSON.
+    configure_logging("warning", "json")
     gw = Gateway(settings)
     await gw.start()
     clients = []
@@ -224,6 +232,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ws = await websockets.connect(
                 f"ws://127.0.0.1:{gw.ocpp_port}/ocpp/{pid}",
                 subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                ping_interval=None,
             )
             await ws.send(
                 json.dumps(
