@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -50,8 +51,8 @@ def fast_count(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     answered: list[str] = []
     original = OcppConnection._fast
 
-    def counting(self: OcppConnection, raw: str) -> bool:
-        done = original(self, raw)
+    def counting(self: OcppConnection, raw: str, now: datetime) -> bool:
+        done = original(self, raw, now)
         if done:
             answered.append(json.loads(raw)[2])
         return done

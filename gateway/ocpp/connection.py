@@ -211,17 +211,17 @@ class OcppConnection:
         except ConnectionClosed:
             pass
 
-    def _seen(self) -> bool:
-        """Record that a frame came (presence, "last seen"); False when it
-        must be dropped: a replaced connection's late frames must not change
-        the state of the pile's new connection."""
+    def _seen(self, now: datetime) -> bool:
+        """Record that a frame came at ``now`` (presence, "last seen");
+        False when it must be dropped: a replaced connection's late frames
+        must not change the state of the pile's new connection."""
         services = self.services
         services.tracker.frame_received(self.conn_id, time.monotonic())
-        services.writer.touch(self.pile_id, services.clock())
+        services.writer.touch(self.pile_id, now)
         return not self.replaced
 
     async def _received(self, raw: str | bytes) -> None:
-        if self._seen():
+        if self._seen(self.services.clock()):
             await self._on_frame(raw)
 
     def _deliver(self, raw: str | None) -> None:
@@ -232,14 +232,15 @@ class OcppConnection:
             self._recv_mode = True
             self._wake()
             return
-        if not self._seen():
+        now = self.services.clock()
+        if not self._seen(now):
             return
         inbox = self._inbox
         if inbox is None and not self._busy:
             ctx = self._ctx
             assert ctx is not None
             try:
-                if ctx.run(self._fast, raw):
+                if ctx.run(self._fast, raw, now):
                     return
             except Exception:
                 # _fast acts only once nothing can fail; the frame is still
@@ -261,12 +262,12 @@ class OcppConnection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fast(self, raw: str) -> bool:
-        """Answer a Heartbeat, StatusNotification or MeterValues here and
-        now, when that needs no waiting: valid, accepted, the write queue
-        has room, the socket takes the reply. Returns False, having done
-        nothing, for everything else (the receive task then handles the
-        frame exactly as before)."""
+    def _fast(self, raw: str, now: datetime) -> bool:
+        """Answer a Heartbeat, StatusNotification or MeterValues received at
+        ``now`` here and now, when that needs no waiting: valid, accepted,
+        the write queue has room, the socket takes the reply. Returns False,
+        having done nothing, for everything else (the receive task then
+        handles the frame exactly as before)."""
         if not self._writable() or self.boot_rejected or self.services.writer.backlogged:
             return False
         try:
@@ -285,7 +286,7 @@ class OcppConnection:
         except OcppError:
             return False
         try:
-            reply = fast(self.handlers, msg.payload)
+            reply = fast(self.handlers, msg.payload, now)
         except OcppError:
             # Refused before anything was enqueued (a connectorId over 999,
             # an unreadable timestamp): the receive task answers the CALLERROR.
