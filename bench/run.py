@@ -702,9 +702,12 @@ def pilegate_target(ctx: Ctx, name: str, target: str) -> Server:
     return ctx.pilegate(name, db, PILEGATE_EVENT_LOOP=event_loop_of(target))
 
 
-def scenario_mixed(ctx: Ctx, target: str) -> dict[str, Any]:
+def scenario_mixed(ctx: Ctx, target: str, name: str = "") -> dict[str, Any]:
+    """Scenario 1 against ``target``; ``name`` (its result key, one per
+    repeat) names its log, JSON and SQLite files: each repeat starts on a
+    fresh database ("#" would end a database URL's path)."""
     a = ctx.args
-    name = f"s1-{target}"
+    name = (name or f"s1-{target}").replace("#", "-r")
     if target == "reference":
         server = ctx.reference(name)
     elif target in BARE_TARGETS:
@@ -1709,7 +1712,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(a.repeat):
                 for target in a.targets if k % 2 == 0 else a.targets[::-1]:
                     key = s1_keys(target, a.repeat)[k]
-                    step(key, functools.partial(scenario_mixed, ctx, target))
+                    step(key, functools.partial(scenario_mixed, ctx, target, key))
             if a.repeat > 1:
                 for target in a.targets:
                     keys = s1_keys(target, a.repeat)
