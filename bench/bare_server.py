@@ -16,20 +16,16 @@ Stops on SIGTERM / SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import json
-import logging
-import signal
 from datetime import UTC, datetime
 from typing import Any
 
 import websockets
+from serving import serve_until_signal, server_args
 from websockets.asyncio.server import ServerConnection
-
-log = logging.getLogger("bare")
 
 _tx_ids = itertools.count(1)
 
@@ -59,27 +55,12 @@ async def on_connect(websocket: ServerConnection) -> None:
             await websocket.send(json.dumps([3, call[1], answer(call[2])]))
 
 
-async def main(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with websockets.serve(on_connect, host, port, subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
-        log.warning("bare websockets server listening on %s:%d", host, port)
-        await stop.wait()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args()
-    logging.basicConfig(level=args.log_level.upper())
+    args = server_args(__doc__, uvloop=True)
+    main = serve_until_signal(on_connect, args.host, args.port, "bare websockets server")
     if args.uvloop:
         import uvloop
 
-        uvloop.run(main(args.host, args.port))
+        uvloop.run(main)
     else:
-        asyncio.run(main(args.host, args.port))
+        asyncio.run(main)

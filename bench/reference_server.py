@@ -13,12 +13,10 @@ Stops on SIGTERM / SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import logging
-import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -28,6 +26,7 @@ from ocpp.routing import on as _on
 from ocpp.v16 import ChargePoint as cp
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
+from serving import serve_until_signal, server_args
 from websockets.asyncio.server import ServerConnection
 
 log = logging.getLogger("reference")
@@ -108,21 +107,6 @@ async def on_connect(websocket: ServerConnection) -> None:
         await charge_point.start()
 
 
-async def main(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with websockets.serve(on_connect, host, port, subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
-        log.warning("reference central system listening on %s:%d", host, port)
-        await stop.wait()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args()
-    logging.basicConfig(level=args.log_level.upper())
-    asyncio.run(main(args.host, args.port))
+    args = server_args(__doc__)
+    asyncio.run(serve_until_signal(on_connect, args.host, args.port, "reference central system"))
