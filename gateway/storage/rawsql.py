@@ -13,21 +13,11 @@ the ``UTCDateTime`` column type stores them:
   SQLAlchemy's SQLite ``DATETIME`` writes (comparisons in SQL are text
   comparisons, so the format must be identical; a test checks it);
 - PostgreSQL (asyncpg): the aware datetime itself, in UTC.
-
-On PostgreSQL the plain INSERTs (and INSERT ... ON CONFLICT DO NOTHING) run
-as one statement per batch instead: ``INSERT INTO t (cols) SELECT * FROM
-unnest($1::type[], ...)`` with one array per column (``columnar``). asyncpg's
-executemany still has the server bind and execute the statement once per
-row; with 100 chargers that was a third of a core for the PostgreSQL
-backend, on the same two cores as the gateway (docs/benchmarks.md).
-Duplicates within one batch behave as before: ON CONFLICT DO NOTHING skips a
-row that conflicts with one inserted earlier by the same statement.
 """
 
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -84,20 +74,12 @@ def pg_datetime(value: datetime | None) -> datetime | None:
 class RawStatement:
     """One compiled statement and how to turn rows into its parameters."""
 
-    __slots__ = ("_by_attr", "_by_key", "_convert", "_dt_index", "columnar", "params", "sql")
+    __slots__ = ("_by_attr", "_by_key", "_convert", "_dt_index", "params", "sql")
 
     def __init__(
-        self,
-        sql: str,
-        params: tuple[str, ...],
-        dt_index: tuple[int, ...],
-        convert: Any,
-        columnar: bool = False,
+        self, sql: str, params: tuple[str, ...], dt_index: tuple[int, ...], convert: Any
     ) -> None:
         self.sql = sql
-        # One execution with a list per parameter (an unnest INSERT) instead
-        # of one per row.
-        self.columnar = columnar
         self.params = params  # parameter names in placeholder order (may repeat)
         self._dt_index = dt_index  # positions of datetime parameters
         self._convert = convert
@@ -130,37 +112,9 @@ class RawStatement:
         return out
 
 
-# What SQLAlchemy compiles a multi-row-capable INSERT to on PostgreSQL:
-# INSERT INTO t (cols) VALUES ($1::TYPE, ...) [ON CONFLICT DO NOTHING].
-_PG_INSERT = re.compile(
-    r"^(INSERT INTO \S+ \([^)]*\)) VALUES \(((?:\$\d+::[A-Z ]+(?:\(\d+\))?(?:, )?)+)\)"
-    r"( ON CONFLICT DO NOTHING)?$"
-)
-_PG_PARAM = re.compile(r"\$(\d+)::([A-Z ]+(?:\(\d+\))?)")
-
-
-def pg_unnest_insert(sql: str) -> str | None:
-    """The one-statement form of a compiled PostgreSQL INSERT: each
-    ``$n::TYPE`` of its VALUES becomes an array ``$n::TYPE[]`` that
-    ``unnest`` turns back into rows; None for any other statement."""
-    m = _PG_INSERT.match(sql)
-    if m is None:
-        return None
-    head, values, conflict = m.groups()
-    arrays = ", ".join(f"${n}::{t}[]" for n, t in _PG_PARAM.findall(values))
-    return f"{head} SELECT * FROM unnest({arrays}){conflict or ''}"
-
-
 def _compile(
-    stmt: Any,
-    dialect: Dialect,
-    columns: Sequence[str],
-    datetimes: frozenset[str],
-    *,
-    columnar: bool = False,
+    stmt: Any, dialect: Dialect, columns: Sequence[str], datetimes: frozenset[str]
 ) -> RawStatement:
-    """``columnar``: on PostgreSQL, as one unnest INSERT per batch (the
-    statement must be a plain INSERT, with at most ON CONFLICT DO NOTHING)."""
     compiled = stmt.compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
     params = tuple(compiled.positiontup or ())
     missing = set(params) - set(columns)
@@ -168,13 +122,7 @@ def _compile(
         raise RuntimeError(f"unbound parameters {sorted(missing)} in {compiled.string}")
     convert = sqlite_datetime if dialect.name == "sqlite" else pg_datetime
     dt_index = tuple(i for i, p in enumerate(params) if p in datetimes)
-    sql = compiled.string
-    if columnar and dialect.name == "postgresql":
-        unnest = pg_unnest_insert(sql)
-        if unnest is None:
-            raise RuntimeError(f"not a plain INSERT, cannot run per column: {sql}")
-        return RawStatement(unnest, params, dt_index, convert, columnar=True)
-    return RawStatement(sql, params, dt_index, convert)
+    return RawStatement(compiled.string, params, dt_index, convert)
 
 
 def dialect_insert(dialect: Dialect, model: type[Any]) -> Any:
@@ -213,14 +161,9 @@ class RawStatements:
             dialect,
             _columns(MeterReading),
             _datetimes(MeterReading),
-            columnar=True,
         )
         self.gun_status_events = _compile(
-            insert(GunStatusEvent),
-            dialect,
-            _columns(GunStatusEvent),
-            _datetimes(GunStatusEvent),
-            columnar=True,
+            insert(GunStatusEvent), dialect, _columns(GunStatusEvent), _datetimes(GunStatusEvent)
         )
         # Statuses may arrive late (replayed after an outage): only a newer
         # status replaces the current one.
@@ -236,25 +179,13 @@ class RawStatements:
             _datetimes(Gun),
         )
         self.outbox = _compile(
-            insert(OutboxEvent),
-            dialect,
-            _columns(OutboxEvent),
-            _datetimes(OutboxEvent),
-            columnar=True,
+            insert(OutboxEvent), dialect, _columns(OutboxEvent), _datetimes(OutboxEvent)
         )
         self.presence_events = _compile(
-            insert(PresenceEvent),
-            dialect,
-            _columns(PresenceEvent),
-            _datetimes(PresenceEvent),
-            columnar=True,
+            insert(PresenceEvent), dialect, _columns(PresenceEvent), _datetimes(PresenceEvent)
         )
         self.charger_messages = _compile(
-            insert(ChargerMessage),
-            dialect,
-            _columns(ChargerMessage),
-            _datetimes(ChargerMessage),
-            columnar=True,
+            insert(ChargerMessage), dialect, _columns(ChargerMessage), _datetimes(ChargerMessage)
         )
         piles = cast(Table, Pile.__table__)
         # Offline only if this node still holds the pile (gateway/storage/pilewrites.py).
@@ -339,8 +270,4 @@ async def executemany(
     params = stmt.rows(rows, attrs=attrs)
     if params:
         conn = await session.connection()
-        if stmt.columnar:
-            # one execution: a list per parameter (a tuple is one parameter set)
-            await conn.exec_driver_sql(stmt.sql, tuple(list(c) for c in zip(*params, strict=True)))
-        else:
-            await conn.exec_driver_sql(stmt.sql, params)
+        await conn.exec_driver_sql(stmt.sql, params)
