@@ -334,6 +334,32 @@ def _sv(measurand: str, value: str, unit: str, phase: str | None = None) -> byte
     return orjson.dumps(d)
 
 
+def mixed_frame(
+    step: int, uid: str, energy: int, status: str, stamp: Callable[[], str]
+) -> tuple[str, bytes]:
+    """Scenario 1's CALL at ``step`` of its rotation (0 Heartbeat, 1
+    MeterValues with 4 sampled values, 2 StatusNotification) and its action;
+    ``stamp`` is called for a timestamp only by the two that carry one.
+    bench/message_path.py feeds the gateway the same frames."""
+    if step == 0:
+        return "Heartbeat", b'[2,"' + uid.encode() + b'","Heartbeat",{}]'
+    if step == 1:
+        svs = b",".join(
+            (
+                _sv("Energy.Active.Import.Register", str(energy), "Wh"),
+                _sv("Current.Import", "31.8", "A", "L1"),
+                _sv("Voltage", "229.7", "V", "L1-N"),
+                _sv("Power.Active.Import", "7.30", "kW"),
+            )
+        )
+        return "MeterValues", (
+            b'[2,"' + uid.encode() + b'","MeterValues",{"connectorId":1,"meterValue":'
+            b'[{"timestamp":"' + stamp().encode() + b'","sampledValue":[' + svs + b"]}]}]"
+        )
+    payload = {"connectorId": 1, "errorCode": "NoError", "status": status, "timestamp": stamp()}
+    return "StatusNotification", orjson.dumps([2, uid, "StatusNotification", payload])
+
+
 # ----------------------------------------------------------------------------
 # statistics
 # ----------------------------------------------------------------------------
@@ -554,41 +580,11 @@ class MixedCharger(RawWs):
         uid = f"{self.seq:x}"
         step = self.step
         self.step = (step + 1) % 3
-        if step == 0:
-            action = "Heartbeat"
-            frame = b'[2,"' + uid.encode() + b'","Heartbeat",{}]'
-        elif step == 1:
-            action = "MeterValues"
+        if step == 1:
             self.energy += 7
-            ts = self._stamp()
-            svs = b",".join(
-                (
-                    _sv("Energy.Active.Import.Register", str(self.energy), "Wh"),
-                    _sv("Current.Import", "31.8", "A", "L1"),
-                    _sv("Voltage", "229.7", "V", "L1-N"),
-                    _sv("Power.Active.Import", "7.30", "kW"),
-                )
-            )
-            frame = (
-                b'[2,"' + uid.encode() + b'","MeterValues",{"connectorId":1,"meterValue":'
-                b'[{"timestamp":"' + ts.encode() + b'","sampledValue":[' + svs + b"]}]}]"
-            )
-        else:
-            action = "StatusNotification"
-            status = STATUSES[self.seq % len(STATUSES)]
-            frame = orjson.dumps(
-                [
-                    2,
-                    uid,
-                    "StatusNotification",
-                    {
-                        "connectorId": 1,
-                        "errorCode": "NoError",
-                        "status": status,
-                        "timestamp": self._stamp(),
-                    },
-                ]
-            )
+        action, frame = mixed_frame(
+            step, uid, self.energy, STATUSES[self.seq % len(STATUSES)], self._stamp
+        )
         self.uid = uid
         self.action = action
         self.outstanding = True

@@ -46,7 +46,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import websockets
 
 BENCH = Path(__file__).resolve().parent
@@ -54,7 +53,7 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 from bare_server import answer  # noqa: E402
-from loadgen import CLOCK, STATUSES, _sv, client_frame, pile_ids  # noqa: E402
+from loadgen import CLOCK, STATUSES, client_frame, mixed_frame, pile_ids  # noqa: E402
 
 from gateway.app import Gateway  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
@@ -65,52 +64,24 @@ QUEUE_HIGH = 5_000
 
 
 def mixed_texts(n: int, start_ms: int) -> list[bytes]:
-    """``n`` CALLs of scenario 1's mix for one charger, as
-    bench/loadgen.py's MixedCharger builds them."""
+    """``n`` CALLs of scenario 1's mix for one charger, built as
+    bench/loadgen.py's MixedCharger builds them (``mixed_frame``), each
+    timestamp 1 ms after the one before."""
     out: list[bytes] = []
     energy = 1_000
     ms = start_ms
+
+    def stamp() -> str:
+        nonlocal ms
+        ms += 1
+        return CLOCK.stamp(ms)
+
     for seq in range(1, n + 1):
-        uid = f"{seq:x}".encode()
         step = seq % 3
-        if step == 0:
-            out.append(b'[2,"' + uid + b'","Heartbeat",{}]')
-        elif step == 1:
+        if step == 1:
             energy += 7
-            ms += 1
-            svs = b",".join(
-                (
-                    _sv("Energy.Active.Import.Register", str(energy), "Wh"),
-                    _sv("Current.Import", "31.8", "A", "L1"),
-                    _sv("Voltage", "229.7", "V", "L1-N"),
-                    _sv("Power.Active.Import", "7.30", "kW"),
-                )
-            )
-            out.append(
-                b'[2,"' + uid + b'","MeterValues",{"connectorId":1,"meterValue":'
-                b'[{"timestamp":"'
-                + CLOCK.stamp(ms).encode()
-                + b'","sampledValue":['
-                + svs
-                + b"]}]}]"
-            )
-        else:
-            ms += 1
-            out.append(
-                orjson.dumps(
-                    [
-                        2,
-                        uid.decode(),
-                        "StatusNotification",
-                        {
-                            "connectorId": 1,
-                            "errorCode": "NoError",
-                            "status": STATUSES[seq % len(STATUSES)],
-                            "timestamp": CLOCK.stamp(ms),
-                        },
-                    ]
-                )
-            )
+        _, frame = mixed_frame(step, f"{seq:x}", energy, STATUSES[seq % len(STATUSES)], stamp)
+        out.append(frame)
     return out
 
 
